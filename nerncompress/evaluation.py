@@ -1,0 +1,134 @@
+"""Measuring a classifier on an :class:`~nerncompress.data.ImageData`: logits, top-1 accuracy, agreement."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .data import ImageData, iterate_batches
+from .devices import resolve_device
+from .errors import DataError, UsageError
+
+
+@dataclass
+class EvalResult:
+    """Outcome of :func:`evaluate`.
+
+    Attributes:
+        top1: top-1 accuracy in percent (0..100).
+        count: number of images evaluated.
+        predictions: int64 ``(count,)`` predicted class per image, on the CPU, in dataset order.
+    """
+
+    top1: float
+    count: int
+    predictions: Tensor
+
+    def agreement(self, other: EvalResult) -> float:
+        """Share of images on which two models predict the same class.
+
+        Args:
+            other: a result on the same images, in the same order.
+
+        Returns:
+            Percent (0..100) of equal predictions.
+
+        Raises:
+            ValueError: when the two results cover different numbers of images, or none.
+        """
+        if self.predictions.shape != other.predictions.shape:
+            raise ValueError(
+                f"cannot compare predictions on {self.predictions.numel()} and {other.predictions.numel()} images: "
+                "evaluate both models on the same data"
+            )
+        if self.predictions.numel() == 0:
+            raise ValueError("cannot compare empty predictions")
+        same = (self.predictions.cpu() == other.predictions.cpu()).sum().item()
+        return 100.0 * same / self.predictions.numel()
+
+
+def predict_logits(
+    model: nn.Module,
+    data: ImageData,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str | torch.device = "auto",
+    batch_size: int = 500,
+) -> Tensor:
+    """Run a classifier over a dataset, in eval mode and without autograd.
+
+    The model is moved to ``device`` in place (and stays there); its train/eval mode is restored afterwards.
+
+    Args:
+        model: maps float32 ``(B, C, H, W)`` to logits ``(B, classes)``.
+        data: the images and labels; labels are not used.
+        mean: per-channel normalisation mean (see :func:`nerncompress.data.to_float`).
+        std: per-channel normalisation std.
+        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a ``torch.device``.
+        batch_size: images per forward pass.
+
+    Returns:
+        float32 ``(N, classes)`` logits on the CPU, in dataset order.
+
+    Raises:
+        UsageError: for a bad device, batch size or normalisation, or a model whose output is not a
+            ``(B, classes)`` tensor.
+        DataError: for an empty dataset.
+    """
+    if len(data) == 0:
+        raise DataError(f"{data.source}: cannot evaluate on an empty dataset: give at least one image")
+    dev = resolve_device(device)
+    batches = iterate_batches(data, batch_size=batch_size, mean=mean, std=std, device=dev)
+    was_training = model.training
+    model.to(dev)
+    model.eval()
+    outputs: list[Tensor] = []
+    try:
+        with torch.inference_mode():
+            for x, _ in batches:
+                out = model(x)
+                if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+                    got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                    raise UsageError(
+                        f"model returned {got} for a batch of {x.shape[0]}: it must return (batch, classes) logits"
+                    )
+                outputs.append(out.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate(
+    model: nn.Module,
+    data: ImageData,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str | torch.device = "auto",
+    batch_size: int = 500,
+) -> EvalResult:
+    """Top-1 accuracy of a classifier on a labelled dataset.
+
+    Args:
+        model: maps float32 ``(B, C, H, W)`` to logits ``(B, classes)``; moved to ``device`` in place.
+        data: the images and labels, N >= 1.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a ``torch.device``.
+        batch_size: images per forward pass.
+
+    Returns:
+        :class:`EvalResult` with top-1 in percent, the image count and the int64 ``(N,)`` predictions.
+
+    Raises:
+        UsageError: as :func:`predict_logits`.
+        DataError: for an empty dataset.
+    """
+    logits = predict_logits(model, data, mean=mean, std=std, device=device, batch_size=batch_size)
+    predictions = logits.argmax(dim=1).to(torch.int64)
+    correct = int((predictions == data.labels.cpu()).sum().item())
+    return EvalResult(top1=100.0 * correct / len(data), count=len(data), predictions=predictions)

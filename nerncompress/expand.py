@@ -1,0 +1,187 @@
+"""Regenerating weights from a Nern, one layer at a time, and writing them as standard checkpoints.
+
+``expand`` yields (key, tensor) pairs in the original state_dict's order, regenerating one represented layer at
+a time, so peak memory holds one layer's kernels rather than the whole model twice. ``save_safetensors``
+streams those pairs straight into a safetensors file (the header is computed from shapes alone, before any
+weight is regenerated). ``export`` writes ``.safetensors`` or verified ``.onnx`` by the output's suffix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ._io import atomic_path
+from .devices import resolve_device
+from .errors import UsageError
+from .models.registry import build_model
+from .nern import Nern
+from .onnx_export import ExportReport, export_onnx
+
+# safetensors dtype names (https://github.com/huggingface/safetensors, format spec).
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def expand(nern: Nern, *, device: str = "auto") -> Iterator[tuple[str, Tensor]]:
+    """Yield every tensor of the original state_dict, in its original order, regenerating represented layers.
+
+    Args:
+        nern: the representation.
+        device: where the predictor runs (auto | cpu | cuda[:N]); tensors are yielded on the CPU.
+
+    Yields:
+        (state_dict key, tensor) pairs; represented conv weights are float32 with their original shape.
+
+    Example:
+        >>> state_dict = dict(expand(load_artifact("resnet20.nern")))
+    """
+    torch_device = resolve_device(device)
+    predictor = nern.predictor.to(torch_device).eval()
+    represented = {entry.name: entry for entry in nern.layers}
+    try:
+        with torch.inference_mode():
+            for key in nern.key_order:
+                if key in represented:
+                    yield key, nern.regenerate_layer(represented[key]).cpu()
+                else:
+                    yield key, nern.raw[key]
+    finally:
+        predictor.cpu()
+
+
+def expand_state_dict(nern: Nern, *, device: str = "auto") -> dict[str, Tensor]:
+    """The whole regenerated state_dict (convenience over ``expand``)."""
+    return dict(expand(nern, device=device))
+
+
+def expand_model(nern: Nern, *, device: str = "auto") -> nn.Module:
+    """The architecture with regenerated weights, loaded strictly, in eval mode, on the CPU."""
+    return build_model(nern.arch, expand_state_dict(nern, device=device))
+
+
+@dataclass
+class ExpandReport:
+    """What ``export`` wrote. ``onnx`` holds the verification figures for an ONNX output."""
+
+    path: str
+    format: str
+    bytes: int
+    tensors: int
+    seconds: float
+    onnx: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _tensor_bytes(tensor: Tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+
+
+def save_safetensors(
+    tensors: Iterator[tuple[str, Tensor]],
+    path: str | os.PathLike,
+    *,
+    specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Stream tensors into a safetensors file whose header is computed up front from ``specs``.
+
+    Args:
+        tensors: (key, tensor) pairs in the order of ``specs``; each must match its spec.
+        path: output file (written atomically).
+        specs: (key, dtype, shape) of every tensor, in write order.
+        metadata: optional string-to-string ``__metadata__``.
+
+    Returns:
+        bytes written.
+    """
+    header: dict[str, object] = {}
+    offset = 0
+    for key, dtype, shape in specs:
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise UsageError(f"tensor {key!r} has dtype {dtype}, which safetensors cannot store")
+        size = torch.empty((), dtype=dtype).element_size() * int(torch.Size(shape).numel())
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = metadata
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(struct.pack("<Q", len(encoded)))
+            handle.write(encoded)
+            for (key, tensor), (spec_key, dtype, shape) in zip(tensors, specs, strict=True):
+                if key != spec_key or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+                    raise RuntimeError(f"tensor {key!r} does not match its announced spec {spec_key} {dtype} {shape}")
+                handle.write(_tensor_bytes(tensor))
+        written = tmp.stat().st_size
+    return written
+
+
+def tensor_specs(nern: Nern) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """(key, dtype, shape) of every tensor ``expand`` yields, without regenerating anything."""
+    represented = {entry.name: entry for entry in nern.layers}
+    specs = []
+    for key in nern.key_order:
+        if key in represented:
+            specs.append((key, torch.float32, represented[key].shape))
+        else:
+            specs.append((key, nern.raw[key].dtype, tuple(nern.raw[key].shape)))
+    return specs
+
+
+def export(
+    nern: Nern,
+    path: str | os.PathLike,
+    *,
+    device: str = "auto",
+    opset: int = 18,
+    verify: bool = True,
+    verify_inputs: int = 64,
+    tolerance: float = 1e-4,
+) -> ExpandReport:
+    """Expand ``nern`` into ``path``: ``.safetensors`` (plain state_dict) or ``.onnx`` (verified with onnxruntime).
+
+    Raises:
+        UsageError: an unknown output suffix. ExportCheckError: the ONNX model disagrees with PyTorch.
+
+    Example:
+        >>> export(load_artifact("resnet56.nern"), "resnet56.onnx")
+    """
+    started = time.perf_counter()
+    suffix = Path(path).suffix.lower()
+    if suffix == ".safetensors":
+        specs = tensor_specs(nern)
+        metadata = {"format": "pt", "arch": json.dumps(nern.arch.to_dict(), sort_keys=True)}
+        size = save_safetensors(expand(nern, device=device), path, specs=specs, metadata=metadata)
+        return ExpandReport(str(path), "safetensors", size, len(specs), time.perf_counter() - started)
+    if suffix == ".onnx":
+        model = expand_model(nern, device=device)
+        report: ExportReport = export_onnx(
+            model,
+            path,
+            input_shape=nern.arch.input_shape,
+            opset=opset,
+            verify=verify,
+            verify_inputs=verify_inputs,
+            tolerance=tolerance,
+            provider="auto" if resolve_device(device).type == "cuda" else "cpu",
+        )
+        return ExpandReport(
+            str(path), "onnx", report.bytes, len(nern.key_order), time.perf_counter() - started, report.to_dict()
+        )
+    raise UsageError(f"output {path} must end in .safetensors or .onnx")

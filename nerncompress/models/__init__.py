@@ -1,0 +1,29 @@
+"""Model architectures and the registry that maps names and checkpoints to them.
+
+Importing this package registers ``cifar_resnet``, ``digits_cnn`` and the auto-detected ``torchvision:<name>`` models.
+"""
+
+from . import cifar_resnet as _cifar_resnet  # noqa: F401  (registers "cifar_resnet")
+from . import small_cnn as _small_cnn  # noqa: F401  (registers "digits_cnn")
+from . import torchvision_models as _torchvision_models  # noqa: F401  (registers "torchvision:*")
+from .registry import (
+    ArchSpec,
+    build_model,
+    detect_arch,
+    get_arch,
+    list_archs,
+    matches_shapes,
+    register_arch,
+    resolve_arch,
+)
+
+__all__ = [
+    "ArchSpec",
+    "build_model",
+    "detect_arch",
+    "get_arch",
+    "list_archs",
+    "matches_shapes",
+    "register_arch",
+    "resolve_arch",
+]

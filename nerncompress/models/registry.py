@@ -1,0 +1,443 @@
+"""The one map from architecture names to builders and checkpoint detectors.
+
+Each registered entry pairs a builder (``**kwargs -> nn.Module``) with an optional detector
+(``state_dict -> kwargs | None``), so that the kwargs a detector reads off a checkpoint are always the kwargs its
+builder accepts. Besides registered names, two open-ended forms are understood:
+
+* ``"torchvision:<name>"``: any model of ``torchvision.models.get_model(name, weights=None, **kwargs)``.
+* ``"pkg.module:function"``: a user builder, imported and called with the spec's kwargs (none when resolved from
+  ``--arch``). Its preset and input shape default to ``"imagenet"`` and ``(3, 224, 224)``; the function may override
+  them with ``function.preset = "cifar10"`` and ``function.input_shape = (3, 32, 32)`` attributes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ArchDetectionError
+
+__all__ = [
+    "ArchSpec",
+    "build_model",
+    "detect_arch",
+    "get_arch",
+    "list_archs",
+    "matches_shapes",
+    "register_arch",
+    "resolve_arch",
+]
+
+Builder = Callable[..., nn.Module]
+Detector = Callable[[Mapping[str, Tensor]], "dict[str, Any] | None"]
+
+TORCHVISION_PREFIX = "torchvision:"
+_DEFAULT_PRESET = "imagenet"
+_DEFAULT_INPUT_SHAPE = (3, 224, 224)
+_BN_COUNTER = "num_batches_tracked"
+# Last path segments that name a classifier head in torchvision-style models.
+_HEAD_NAMES = {"fc", "classifier", "head", "heads", "linear", "logits", "last_linear"}
+_USER_BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Everything needed to rebuild an untrained model and feed it data.
+
+    Attributes:
+        name: registered name, ``"torchvision:<name>"`` or ``"pkg.module:function"``.
+        kwargs: JSON-serialisable builder kwargs, e.g. ``{"depth": 56, "num_classes": 10}``.
+        preset: normalisation preset name (a key of ``data.NORMALIZATION_PRESETS``).
+        input_shape: ``(C, H, W)`` of one input image.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    preset: str = _DEFAULT_PRESET
+    input_shape: tuple[int, int, int] = _DEFAULT_INPUT_SHAPE
+
+    def __post_init__(self) -> None:
+        # A private copy, so that a caller mutating its dict cannot change a frozen spec.
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+        shape = tuple(int(v) for v in self.input_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ArchDetectionError(
+                f"arch {self.name!r}: input_shape must be three positive ints (C, H, W), got {self.input_shape!r}"
+            )
+        object.__setattr__(self, "input_shape", shape)
+
+    def __hash__(self) -> int:
+        return hash((self.name, json.dumps(self.kwargs, sort_keys=True, default=repr), self.preset, self.input_shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy.
+
+        Returns:
+            ``{"name", "kwargs", "preset", "input_shape"}`` with ``input_shape`` as a list.
+        """
+        return {
+            "name": self.name,
+            "kwargs": dict(self.kwargs),
+            "preset": self.preset,
+            "input_shape": list(self.input_shape),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchSpec:
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            data: a mapping with ``name`` (required), ``kwargs``, ``preset`` and ``input_shape``.
+
+        Returns:
+            The spec.
+
+        Raises:
+            ArchDetectionError: when ``data`` is not a mapping, lacks ``name`` or has fields of the wrong type.
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+            raise ArchDetectionError(f"arch spec must be a mapping with a string 'name', got {data!r}")
+        kwargs = data.get("kwargs", {})
+        if not isinstance(kwargs, Mapping):
+            raise ArchDetectionError(f"arch spec {data['name']!r}: 'kwargs' must be a mapping, got {kwargs!r}")
+        shape = data.get("input_shape", _DEFAULT_INPUT_SHAPE)
+        if not isinstance(shape, (list, tuple)):
+            raise ArchDetectionError(f"arch spec {data['name']!r}: 'input_shape' must be a list, got {shape!r}")
+        return cls(
+            name=data["name"],
+            kwargs=dict(kwargs),
+            preset=str(data.get("preset", _DEFAULT_PRESET)),
+            input_shape=tuple(shape),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    builder: Builder
+    detector: Detector | None
+    preset: str
+    input_shape: tuple[int, int, int]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_arch(
+    name: str,
+    *,
+    detector: Detector | None = None,
+    preset: str = _DEFAULT_PRESET,
+    input_shape: tuple[int, int, int] = _DEFAULT_INPUT_SHAPE,
+) -> Callable[[Builder], Builder]:
+    """Decorator that registers a builder under ``name``.
+
+    Args:
+        name: the architecture name used by ``--arch`` and stored in artifacts.
+        detector: ``state_dict -> kwargs | None``; returns the builder kwargs when the (normalised) state_dict is
+            exactly this architecture, ``None`` otherwise. Entries without a detector are never auto-detected.
+        preset: normalisation preset name.
+        input_shape: ``(C, H, W)`` of one input image.
+
+    Returns:
+        A decorator that returns the builder unchanged.
+
+    Raises:
+        ValueError: when ``name`` is already registered.
+    """
+
+    def wrap(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"An architecture named {name!r} is already registered")
+        _REGISTRY[name] = _Entry(builder, detector, preset, tuple(int(v) for v in input_shape))  # type: ignore[arg-type]
+        return builder
+
+    return wrap
+
+
+def list_archs() -> list[str]:
+    """Registered architecture names, sorted.
+
+    Returns:
+        The names; ``torchvision:<name>`` and ``pkg.module:function`` forms are accepted as well.
+    """
+    return sorted(_REGISTRY)
+
+
+def _available() -> str:
+    return ", ".join(list_archs()) + ", torchvision:<name>, pkg.module:function"
+
+
+def _import_user_builder(name: str) -> Builder:
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure of user code is reported the same way
+        raise ArchDetectionError(
+            f"cannot import module {module_name!r} for --arch {name}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise ArchDetectionError(f"module {module_name!r} has no callable {attr!r}: check --arch {name}")
+    return builder
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _build_torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    if tv_name not in _torchvision_names():
+        raise ArchDetectionError(
+            f"unknown torchvision model {tv_name!r}: see torchvision.models.list_models() for the names"
+        )
+    return torchvision.models.get_model(tv_name, weights=None, **kwargs)
+
+
+def get_arch(spec: ArchSpec | str, **kwargs: Any) -> nn.Module:
+    """Build an untrained model.
+
+    Args:
+        spec: an :class:`ArchSpec`, or a name (registered, ``torchvision:<name>`` or ``pkg.module:function``).
+        **kwargs: builder kwargs; they override those of ``spec``.
+
+    Returns:
+        The freshly initialised model.
+
+    Raises:
+        ArchDetectionError: for an unknown name, an unimportable user builder, or kwargs the builder rejects.
+    """
+    if isinstance(spec, ArchSpec):
+        name, merged = spec.name, {**spec.kwargs, **kwargs}
+    else:
+        name, merged = spec, dict(kwargs)
+    if name in _REGISTRY:
+        builder: Builder = _REGISTRY[name].builder
+    elif name.startswith(TORCHVISION_PREFIX):
+        tv_name = name[len(TORCHVISION_PREFIX) :]
+        builder = lambda **kw: _build_torchvision(tv_name, kw)  # noqa: E731
+    elif _USER_BUILDER.match(name):
+        builder = _import_user_builder(name)
+    else:
+        raise ArchDetectionError(f"unknown architecture {name!r}: choose one of {_available()}")
+    try:
+        model = builder(**merged)
+    except TypeError as exc:
+        raise ArchDetectionError(
+            f"architecture {name!r} rejected kwargs {merged!r}: {_first_line(exc)}"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ArchDetectionError(f"builder for {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _spec_for(name: str, kwargs: dict[str, Any]) -> ArchSpec:
+    entry = _REGISTRY[name]
+    return ArchSpec(name=name, kwargs=kwargs, preset=entry.preset, input_shape=entry.input_shape)
+
+
+def _run_detectors(state_dict: Mapping[str, Tensor]) -> tuple[list[str], list[ArchSpec]]:
+    tried: list[str] = []
+    found: list[ArchSpec] = []
+    for name in list_archs():
+        entry = _REGISTRY[name]
+        if entry.detector is None:
+            continue
+        tried.append(name)
+        try:
+            kwargs = entry.detector(state_dict)
+        except Exception:  # noqa: BLE001 - a detector that chokes on a foreign checkpoint simply does not match
+            kwargs = None
+        if kwargs is not None:
+            found.append(_spec_for(name, dict(kwargs)))
+    return tried, found
+
+
+def _prefix_hint(state_dict: Mapping[str, Tensor]) -> str:
+    first = next(iter(state_dict), "")
+    for prefix in ("module.", "_orig_mod."):
+        if first.startswith(prefix):
+            return f"; keys start with {prefix!r}: normalise them with checkpoint.normalize_state_dict first"
+    return ""
+
+
+def detect_arch(state_dict: Mapping[str, Tensor]) -> ArchSpec:
+    """Find the one registered architecture whose detector accepts ``state_dict``.
+
+    Args:
+        state_dict: a normalised state_dict (see ``checkpoint.normalize_state_dict``).
+
+    Returns:
+        The spec with the detected kwargs.
+
+    Raises:
+        ArchDetectionError: when no detector or more than one matches; the message names the detectors tried.
+    """
+    tried, found = _run_detectors(state_dict)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(spec.name for spec in found)
+        raise ArchDetectionError(f"checkpoint matches several architectures ({names}): pass --arch NAME to choose one")
+    first = next(iter(state_dict), None)
+    raise ArchDetectionError(
+        f"no registered architecture matches the checkpoint ({len(state_dict)} tensors, first key {first!r}); "
+        f"tried {', '.join(tried) or 'no detectors'}: pass --arch NAME, --arch torchvision:<name> "
+        f"or --arch pkg.module:function{_prefix_hint(state_dict)}"
+    )
+
+
+def _classifier_rows(state_dict: Mapping[str, Tensor]) -> int | None:
+    """Rows of the last 2-D weight of a classifier-named module, else of the last 2-D weight."""
+    matrices = [k for k, v in state_dict.items() if k.endswith(".weight") and getattr(v, "ndim", 0) == 2]
+    heads = [k for k in matrices if _HEAD_NAMES.intersection(k.split(".")[:-1])]
+    chosen = (heads or matrices or [None])[-1]
+    return None if chosen is None else int(state_dict[chosen].shape[0])
+
+
+def resolve_arch(arch: str | None, state_dict: Mapping[str, Tensor]) -> ArchSpec:
+    """Turn an ``--arch`` value (or its absence) into a spec that fits ``state_dict``.
+
+    Args:
+        arch: ``None`` to auto-detect; a registered name; ``"torchvision:<name>"`` (``num_classes`` is read from the
+            checkpoint's last classifier weight); or ``"pkg.module:function"`` (a user builder called with no
+            arguments; preset and input shape from its ``preset`` / ``input_shape`` attributes when present).
+        state_dict: the normalised checkpoint.
+
+    Returns:
+        The spec. Whether the weights really fit is checked by :func:`build_model`.
+
+    Raises:
+        ArchDetectionError: when detection fails, a registered arch does not fit the checkpoint, or the name is
+            unknown or cannot be imported.
+    """
+    if arch is None:
+        return detect_arch(state_dict)
+    if arch in _REGISTRY:
+        entry = _REGISTRY[arch]
+        kwargs = None
+        if entry.detector is not None:
+            try:
+                kwargs = entry.detector(state_dict)
+            except Exception:  # noqa: BLE001 - same contract as in detect_arch
+                kwargs = None
+        if kwargs is not None:
+            return _spec_for(arch, dict(kwargs))
+        if entry.detector is None:
+            return _spec_for(arch, {})
+        if not arch.startswith(TORCHVISION_PREFIX):
+            _, found = _run_detectors(state_dict)
+            hint = f" (it looks like {', '.join(s.name for s in found)})" if found else ""
+            raise ArchDetectionError(
+                f"checkpoint does not fit --arch {arch}: its keys or shapes differ from every {arch} "
+                f"configuration{hint}; omit --arch to auto-detect{_prefix_hint(state_dict)}"
+            )
+    if arch.startswith(TORCHVISION_PREFIX):
+        tv_name = arch[len(TORCHVISION_PREFIX) :]
+        if tv_name not in _torchvision_names():
+            raise ArchDetectionError(
+                f"unknown torchvision model {tv_name!r} in --arch {arch}: see torchvision.models.list_models()"
+            )
+        rows = _classifier_rows(state_dict)
+        kwargs = {} if rows is None else {"num_classes": rows}
+        return ArchSpec(name=arch, kwargs=kwargs, preset=_DEFAULT_PRESET, input_shape=_DEFAULT_INPUT_SHAPE)
+    if _USER_BUILDER.match(arch):
+        builder = _import_user_builder(arch)
+        return ArchSpec(
+            name=arch,
+            kwargs={},
+            preset=str(getattr(builder, "preset", _DEFAULT_PRESET)),
+            input_shape=tuple(getattr(builder, "input_shape", _DEFAULT_INPUT_SHAPE)),  # type: ignore[arg-type]
+        )
+    raise ArchDetectionError(f"unknown architecture {arch!r}: choose one of {_available()}")
+
+
+def matches_shapes(state_dict: Mapping[str, Tensor], build: Callable[[], nn.Module]) -> bool:
+    """Whether ``state_dict`` has exactly the keys and shapes of the model ``build()`` returns.
+
+    The model is built on the meta device, so this is cheap even for large models. ``num_batches_tracked`` keys
+    may be absent from ``state_dict`` (older checkpoints lack them). Meant for detectors.
+
+    Args:
+        state_dict: the normalised checkpoint.
+        build: a no-argument callable building the candidate model.
+
+    Returns:
+        True on an exact match.
+    """
+    with torch.device("meta"):
+        reference = build().state_dict()
+    wanted = {k for k in reference if not k.endswith(_BN_COUNTER) or k in state_dict}
+    if wanted != set(state_dict):
+        return False
+    return all(tuple(state_dict[k].shape) == tuple(reference[k].shape) for k in wanted)
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+def build_model(spec: ArchSpec, state_dict: Mapping[str, Tensor] | None = None) -> nn.Module:
+    """Build the model of ``spec`` and load ``state_dict`` strictly.
+
+    Missing ``num_batches_tracked`` buffers are the only tolerated difference: they keep the model's own value.
+
+    Args:
+        spec: the architecture.
+        state_dict: normalised weights, or ``None`` for an untrained model.
+
+    Returns:
+        The model, in eval mode, on the CPU.
+
+    Raises:
+        ArchDetectionError: for an unknown arch, or a missing key, unexpected key or shape mismatch (the message
+            names the first offending key).
+    """
+    model = get_arch(spec)
+    if state_dict is not None:
+        own = model.state_dict()
+        for key, ref in own.items():
+            if key not in state_dict:
+                if key.endswith(_BN_COUNTER):
+                    continue
+                missing = sum(1 for k in own if k not in state_dict and not k.endswith(_BN_COUNTER))
+                raise ArchDetectionError(
+                    f"checkpoint lacks key {key!r} that arch {spec.name} expects ({missing} missing in all): "
+                    f"check --arch and its kwargs {spec.kwargs}{_prefix_hint(state_dict)}"
+                )
+            if tuple(state_dict[key].shape) != tuple(ref.shape):
+                raise ArchDetectionError(
+                    f"key {key!r} has shape {_shape(state_dict[key])} in the checkpoint but {_shape(ref)} in arch "
+                    f"{spec.name} {spec.kwargs}: check --arch and its kwargs"
+                )
+        extra = [k for k in state_dict if k not in own]
+        if extra:
+            raise ArchDetectionError(
+                f"checkpoint key {extra[0]!r} is not part of arch {spec.name} {spec.kwargs} ({len(extra)} unexpected "
+                f"in all): check --arch{_prefix_hint(state_dict)}"
+            )
+        full = dict(state_dict)
+        for key, ref in own.items():
+            full.setdefault(key, ref)
+        try:
+            model.load_state_dict(full, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())
+            raise ArchDetectionError(f"cannot load checkpoint into arch {spec.name}: {detail}") from exc
+    return model.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+

@@ -1,0 +1,93 @@
+"""The predictor: an MLP from a kernel's positional embedding to the kernel's k*k weights.
+
+Linear(emb -> h) + ReLU, ``depth`` x [Linear(h -> h) + ReLU], then one output head per represented kernel
+size, Linear(h -> k*k). With one 3x3 head and depth 3 that is NeRN's predictor: 3h^2 + (emb + 13)h + 9
+parameters. A separate head per kernel size (rather than cropping 3x3 out of a larger output) keeps a 1x1
+kernel from paying for eight outputs it never uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Shape of the predictor MLP.
+
+    Attributes:
+        input_dim: width of the embedding (``EmbeddingConfig.dim``).
+        hidden: width h of every hidden layer (``--hidden``).
+        depth: number of hidden-to-hidden layers (NeRN: 3).
+        kernel_sizes: one output head per kernel size k, producing k*k values.
+    """
+
+    input_dim: int
+    hidden: int = 180
+    depth: int = 3
+    kernel_sizes: tuple[int, ...] = field(default=(3,))
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.depth < 0 or self.input_dim < 1:
+            raise ValueError(f"invalid predictor shape: {self}")
+        if not self.kernel_sizes or any(k < 1 for k in self.kernel_sizes):
+            raise ValueError(f"kernel_sizes must be positive, got {self.kernel_sizes}")
+        object.__setattr__(self, "kernel_sizes", tuple(sorted(set(int(k) for k in self.kernel_sizes))))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PredictorConfig:
+        return cls(
+            input_dim=int(data["input_dim"]),
+            hidden=int(data["hidden"]),
+            depth=int(data["depth"]),
+            kernel_sizes=tuple(int(k) for k in data["kernel_sizes"]),
+        )
+
+
+def head_name(kernel_size: int) -> str:
+    return f"k{kernel_size}"
+
+
+class Predictor(nn.Module):
+    """MLP body shared by all kernel sizes plus one linear head per size."""
+
+    def __init__(self, config: PredictorConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = [nn.Linear(config.input_dim, config.hidden), nn.ReLU()]
+        for _ in range(config.depth):
+            layers += [nn.Linear(config.hidden, config.hidden), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict(
+            {head_name(k): nn.Linear(config.hidden, k * k) for k in config.kernel_sizes}
+        )
+
+    def features(self, embeddings: Tensor) -> Tensor:
+        """Hidden features, float32 (N, hidden), shared by all heads."""
+        return self.body(embeddings)
+
+    def head(self, features: Tensor, kernel_size: int) -> Tensor:
+        """Kernels of one size from hidden features: float32 (N, k*k)."""
+        return self.heads[head_name(kernel_size)](features)
+
+    def forward(self, embeddings: Tensor, kernel_size: int) -> Tensor:
+        """Predict kernels: embeddings float32 (N, input_dim) -> float32 (N, k*k)."""
+        return self.head(self.features(embeddings), kernel_size)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_predictor(config: PredictorConfig, *, seed: int | None = None) -> Predictor:
+    """Build a predictor, with a reproducible initialisation when ``seed`` is given."""
+    if seed is None:
+        return Predictor(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Predictor(config)

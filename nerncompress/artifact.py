@@ -19,11 +19,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from . import __version__
-from ._io import atomic_path
 from .bitpack import bits_for, pack_uints, unpack_uints
 from .compression import decode_predictor, encode_predictor
 from .embeddings import EmbeddingConfig
@@ -32,6 +30,7 @@ from .layers import LayerEntry
 from .models.registry import ArchSpec
 from .nern import Nern
 from .predictor import PredictorConfig
+from .safetensors_io import save_safetensors
 
 FORMAT = "nern"
 SCHEMA_VERSION = 1
@@ -81,8 +80,8 @@ def save_artifact(nern: Nern, path: str | os.PathLike) -> None:
         >>> save_artifact(nern, "resnet20.nern")
     """
     tensors, metadata = to_tensors(nern)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    specs = [(key, value.dtype, tuple(value.shape)) for key, value in tensors.items()]
+    save_safetensors(tensors.items(), path, specs=specs, metadata=metadata)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -19,20 +18,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._io import atomic_path
 from .devices import resolve_device
 from .errors import UsageError
 from .models.registry import build_model
 from .nern import Nern
 from .onnx_export import ExportReport, export_onnx
-
-# safetensors dtype names (https://github.com/huggingface/safetensors, format spec).
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}  # fmt: skip
-
+from .safetensors_io import TensorSpec, safetensors_size, save_safetensors
 
 def expand(nern: Nern, *, device: str = "auto") -> Iterator[tuple[str, Tensor]]:
     """Yield every tensor of the original state_dict, in its original order, regenerating represented layers.
@@ -86,53 +77,7 @@ class ExpandReport:
         return asdict(self)
 
 
-def _tensor_bytes(tensor: Tensor) -> bytes:
-    return tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-
-
-def save_safetensors(
-    tensors: Iterator[tuple[str, Tensor]],
-    path: str | os.PathLike,
-    *,
-    specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
-    metadata: dict[str, str] | None = None,
-) -> int:
-    """Stream tensors into a safetensors file whose header is computed up front from ``specs``.
-
-    Args:
-        tensors: (key, tensor) pairs in the order of ``specs``; each must match its spec.
-        path: output file (written atomically).
-        specs: (key, dtype, shape) of every tensor, in write order.
-        metadata: optional string-to-string ``__metadata__``.
-
-    Returns:
-        bytes written.
-    """
-    header: dict[str, object] = {}
-    offset = 0
-    for key, dtype, shape in specs:
-        if dtype not in _SAFETENSORS_DTYPES:
-            raise UsageError(f"tensor {key!r} has dtype {dtype}, which safetensors cannot store")
-        size = torch.empty((), dtype=dtype).element_size() * int(torch.Size(shape).numel())
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    if metadata:
-        header["__metadata__"] = metadata
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(struct.pack("<Q", len(encoded)))
-            handle.write(encoded)
-            for (key, tensor), (spec_key, dtype, shape) in zip(tensors, specs, strict=True):
-                if key != spec_key or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-                    raise RuntimeError(f"tensor {key!r} does not match its announced spec {spec_key} {dtype} {shape}")
-                handle.write(_tensor_bytes(tensor))
-        written = tmp.stat().st_size
-    return written
-
-
-def tensor_specs(nern: Nern) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+def tensor_specs(nern: Nern) -> list[TensorSpec]:
     """(key, dtype, shape) of every tensor ``expand`` yields, without regenerating anything."""
     represented = {entry.name: entry for entry in nern.layers}
     specs = []
@@ -142,6 +87,12 @@ def tensor_specs(nern: Nern) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         else:
             specs.append((key, nern.raw[key].dtype, tuple(nern.raw[key].shape)))
     return specs
+
+
+def fp32_reference_bytes(nern: Nern) -> int:
+    """Bytes of the original weights saved as a plain fp32 safetensors state_dict: the file ratio's denominator."""
+    specs = [(k, torch.float32 if d.is_floating_point else d, s) for k, d, s in tensor_specs(nern)]
+    return safetensors_size(specs)
 
 
 def export(

@@ -3,8 +3,9 @@
 Tensors:
     predictor/<param>     the predictor's parameters (float32, or as ``compression.py`` encodes them)
     positions/<layer>     chain positions of the layer's kernels, packed at ceil(log2 N) bits each (uint8)
-    scales/<layer>        per-filter scales, float32 (C_out,)
-    raw/<key>             every tensor of the original state_dict that the predictor does not represent
+    scales/<layer>        per-filter scales, float32 (C_out,), only for layers fitted with filter scales
+    raw/<key>             every tensor of the original state_dict that the predictor does not represent (float32
+                          ones as float16 when the compression state has raw_fp16, read back as float32)
 
 ``__metadata__`` (str -> str, JSON where structured): format, schema_version, tool_version, arch, embedding,
 predictor, layers, permute, key_order, raw_convs, source, history, compression.
@@ -50,10 +51,15 @@ def to_tensors(nern: Nern) -> tuple[dict[str, Tensor], dict[str, str]]:
         bits = bits_for(entry.num_kernels)
         if nern.permute != "none":
             tensors[f"positions/{entry.name}"] = pack_uints(nern.positions[entry.name], bits)
-        tensors[f"scales/{entry.name}"] = nern.scales[entry.name].to(torch.float32)
-        layer_table.append({**entry.to_dict(), "kernel_size": entry.kernel_size, "position_bits": bits})
+        scaled = entry.name in nern.scales
+        if scaled:
+            tensors[f"scales/{entry.name}"] = nern.scales[entry.name].to(torch.float32)
+        layer_table.append(
+            {**entry.to_dict(), "kernel_size": entry.kernel_size, "position_bits": bits, "scaled": scaled}
+        )
+    raw_fp16 = bool(nern.compression.get("raw_fp16"))  # set by `quantize --raw-fp16` (see compression.py)
     for key, value in nern.raw.items():
-        tensors[f"raw/{key}"] = value
+        tensors[f"raw/{key}"] = value.to(torch.float16) if raw_fp16 and value.dtype == torch.float32 else value
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {
         "format": FORMAT,
@@ -170,7 +176,11 @@ def _build(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Nern:
             raise ArtifactError(f"layer table row {index} ({entry.name}) has layer_index {entry.layer_index}")
         if entry.kernel_size not in predictor_config.kernel_sizes:
             raise ArtifactError(f"layer {entry.name!r} has {entry.kernel_size}x{entry.kernel_size} kernels but no head")
-        scale = _tensor(tensors, f"scales/{entry.name}", (entry.c_out,), torch.float32)
+        if row.get("scaled", False):
+            scale = _tensor(tensors, f"scales/{entry.name}", (entry.c_out,), torch.float32)
+            if not torch.isfinite(scale).all():
+                raise ArtifactError(f"tensor 'scales/{entry.name}' holds NaN or Inf")
+            scales[entry.name] = scale
         if permute == "none":
             position = torch.arange(entry.num_kernels, dtype=torch.int64)
         else:
@@ -178,12 +188,11 @@ def _build(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Nern:
             position = unpack_uints(packed, bits_for(entry.num_kernels), entry.num_kernels)
             if not torch.equal(torch.bincount(position, minlength=entry.num_kernels), torch.ones_like(position)):
                 raise ArtifactError(f"tensor 'positions/{entry.name}' is not a permutation of its kernels")
-        if not torch.isfinite(scale).all():
-            raise ArtifactError(f"tensor 'scales/{entry.name}' holds NaN or Inf")
         layers.append(entry)
         positions[entry.name] = position
-        scales[entry.name] = scale
     raw = {k[len("raw/"):]: v for k, v in tensors.items() if k.startswith("raw/")}
+    if meta["compression"].get("raw_fp16"):
+        raw = {k: v.to(torch.float32) if v.dtype == torch.float16 else v for k, v in raw.items()}
     key_order = [str(k) for k in meta["key_order"]]
     expected = set(raw) | {entry.name for entry in layers}
     if set(key_order) != expected or len(key_order) != len(expected):
@@ -191,6 +200,7 @@ def _build(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Nern:
         raise ArtifactError(f"key_order does not match the stored tensors (first difference: {extra[:1]})")
     known_prefixes = ("predictor/", "positions/", "scales/", "raw/")
     stray = [k for k in tensors if not k.startswith(known_prefixes)]
+    stray += [k for k in tensors if k.startswith("scales/") and k[len("scales/"):] not in scales]
     if stray:
         raise ArtifactError(f"unexpected tensor {stray[0]!r} in artifact")
     return Nern(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import Tensor, nn
 
@@ -23,7 +24,7 @@ from .errors import UsageError
 from .models.registry import build_model
 from .nern import Nern
 from .onnx_export import ExportReport, export_onnx
-from .safetensors_io import TensorSpec, safetensors_size, save_safetensors
+from .safetensors_io import TensorSpec, save_safetensors
 
 def expand(nern: Nern, *, device: str = "auto") -> Iterator[tuple[str, Tensor]]:
     """Yield every tensor of the original state_dict, in its original order, regenerating represented layers.
@@ -90,9 +91,13 @@ def tensor_specs(nern: Nern) -> list[TensorSpec]:
 
 
 def fp32_reference_bytes(nern: Nern) -> int:
-    """Bytes of the original weights saved as a plain fp32 safetensors state_dict: the file ratio's denominator."""
-    specs = [(k, torch.float32 if d.is_floating_point else d, s) for k, d, s in tensor_specs(nern)]
-    return safetensors_size(specs)
+    """Bytes of the original weights saved as a plain fp32 safetensors state_dict (by the safetensors library
+    itself, on zero tensors of the same keys, dtypes and shapes): the denominator of the file ratio."""
+    zeros = {
+        key: torch.zeros(shape, dtype=torch.float32 if dtype.is_floating_point else dtype)
+        for key, dtype, shape in tensor_specs(nern)
+    }
+    return len(safetensors.torch.save(zeros))
 
 
 def export(

@@ -131,3 +131,23 @@ def plan_layers(
         raise ValueError("no conv layer can be represented: the model has no square conv kernels to fit")
     used_sizes = tuple(sorted({entry.kernel_size for entry in layers}))
     return LayerPlan(layers=layers, kernel_sizes=used_sizes, raw_convs=raw)
+
+
+def following_batchnorms(model: nn.Module) -> dict[str, str]:
+    """Map each conv weight key to the key prefix of the BatchNorm that normalises its output, when one does.
+
+    Found generically from module registration order: a BatchNorm2d registered right after a Conv2d, with as many
+    features as the conv has output channels (conv1 -> bn1, downsample.0 -> downsample.1, features.N -> N+1).
+    """
+    pairs: dict[str, str] = {}
+    previous: tuple[str, nn.Conv2d] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            previous = (name, module)
+        elif isinstance(module, nn.BatchNorm2d):
+            if previous is not None and module.num_features == previous[1].out_channels:
+                pairs[f"{previous[0]}.weight"] = name
+            previous = None
+        elif len(list(module.children())) == 0 and not isinstance(module, (nn.ReLU, nn.Identity)):
+            previous = None
+    return pairs

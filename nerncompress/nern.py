@@ -6,8 +6,8 @@ layout lives in ``artifact.py``; this module only knows how to turn a Nern back 
 
 Regenerated weight of represented layer L, kernel i = f * C_in + c:
     W[f, c] = scale[f] * predictor(embedding(L, position[i]))
-The per-filter scale (the RMS of the filter's original weights) lets the predictor learn unit-scale kernels
-whatever each layer's magnitude; it costs C_out floats per layer.
+An optional per-filter scale (the RMS of the filter's original weights, C_out floats per layer) lets the
+predictor learn unit-scale kernels; without it (the default, measured better) scale[f] is 1.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class Nern:
         embedding: positional embedding config.
         predictor: the MLP (its ``config`` holds the shape).
         positions: layer name -> int64 (C_out * C_in,) chain position of every kernel.
-        scales: layer name -> float32 (C_out,) per-filter scale applied to the predictor's output.
+        scales: layer name -> float32 (C_out,) per-filter scale applied to the predictor's output; layers
+            without an entry are regenerated unscaled.
         raw: every other tensor of the original state_dict, unchanged.
         key_order: the original state_dict's key order.
         permute: smoothing permutation method used.
@@ -82,7 +83,8 @@ class Nern:
         device = next(self.predictor.parameters()).device
         kernels = self.predictor(embeddings.to(device), entry.kernel_size)
         weight = kernels.view(entry.c_out, entry.c_in, entry.kernel_size, entry.kernel_size)
-        return weight * self.scales[entry.name].to(device).view(-1, 1, 1, 1)
+        scale = self.scales.get(entry.name)
+        return weight if scale is None else weight * scale.to(device).view(-1, 1, 1, 1)
 
     def conv_parameters(self) -> int:
         """Number of weights in the represented conv layers."""
@@ -101,8 +103,10 @@ def filter_scales(weight: Tensor) -> Tensor:
     return weight.detach().to(torch.float32).flatten(1).pow(2).mean(dim=1).sqrt()
 
 
-def normalised_kernels(weight: Tensor, scales: Tensor) -> Tensor:
+def normalised_kernels(weight: Tensor, scales: Tensor | None) -> Tensor:
     """The predictor's targets: kernels divided by their filter's scale, float32 (C_out * C_in, k*k)."""
     c_out, c_in, kh, kw = weight.shape
+    if scales is None:
+        return weight.detach().to(torch.float32).reshape(c_out * c_in, kh * kw)
     safe = torch.where(scales > 0, scales, torch.ones_like(scales)).view(-1, 1, 1, 1)
     return (weight.detach().to(torch.float32) / safe).reshape(c_out * c_in, kh * kw)

@@ -52,12 +52,6 @@ def safetensors_header(
     return struct.pack("<Q", len(encoded)) + encoded
 
 
-def safetensors_size(specs: list[TensorSpec]) -> int:
-    """Bytes of a plain safetensors file (no metadata) holding tensors of these specs: header plus data."""
-    data = sum(torch.empty((), dtype=d).element_size() * int(torch.Size(s).numel()) for _, d, s in specs)
-    return len(safetensors_header(specs)) + data
-
-
 def save_safetensors(
     tensors: Iterable[tuple[str, Tensor]],
     path: str | os.PathLike,

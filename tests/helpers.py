@@ -1,0 +1,26 @@
+"""Tiny models and fitted representations shared by the engine tests (no downloads, seconds of CPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from nerncompress.models import get_arch
+from nerncompress.training import FitConfig, fit
+
+
+def tiny_resnet_state_dict(seed: int = 0, depth: int = 8, num_classes: int = 10) -> dict[str, torch.Tensor]:
+    """A randomly initialised CIFAR ResNet-8 with non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = get_arch("cifar_resnet", depth=depth, num_classes=num_classes)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def tiny_fit(state_dict=None, **overrides):
+    state_dict = state_dict if state_dict is not None else tiny_resnet_state_dict()
+    config = FitConfig(**{"hidden": 16, "iters": 30, "batch_size": 256, **overrides})
+    return fit(state_dict, config, device="cpu")

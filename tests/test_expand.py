@@ -1,0 +1,63 @@
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import tiny_fit, tiny_resnet_state_dict
+from nerncompress.artifact import load_artifact, save_artifact
+from nerncompress.errors import UsageError
+from nerncompress.expand import expand, export, expand_model, fp32_reference_bytes
+from nerncompress.models import cifar_resnet
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return tiny_fit(tiny_resnet_state_dict(), iters=10)
+
+
+def test_expand_yields_every_key_in_order_with_original_shapes(fitted):
+    state_dict = tiny_resnet_state_dict()
+    expanded = list(expand(fitted, device="cpu"))
+    assert [k for k, _ in expanded] == list(state_dict)
+    for key, value in expanded:
+        assert value.shape == state_dict[key].shape and value.dtype == state_dict[key].dtype
+    represented = {e.name for e in fitted.layers}
+    for key, value in expanded:
+        if key not in represented:
+            assert torch.equal(value, state_dict[key])
+
+
+def test_expanded_safetensors_load_strictly_with_plain_torch(tmp_path, fitted):
+    save_artifact(fitted, tmp_path / "m.nern")
+    report = export(load_artifact(tmp_path / "m.nern"), tmp_path / "out.safetensors", device="cpu")
+    state_dict = load_file(tmp_path / "out.safetensors")
+    model = cifar_resnet.cifar_resnet(depth=8, num_classes=10)
+    model.load_state_dict(state_dict, strict=True)
+    assert list(state_dict) == fitted.key_order
+    assert report.bytes == (tmp_path / "out.safetensors").stat().st_size
+    reference = dict(expand(fitted, device="cpu"))
+    assert all(torch.equal(state_dict[k], reference[k]) for k in reference)
+
+
+def test_fp32_reference_is_the_size_of_a_plain_safetensors_state_dict(tmp_path, fitted):
+    from safetensors.torch import save_file
+
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in tiny_resnet_state_dict().items()}
+    save_file(state_dict, tmp_path / "ref.safetensors")
+    assert fp32_reference_bytes(fitted) == (tmp_path / "ref.safetensors").stat().st_size
+
+
+def test_onnx_export_matches_pytorch(tmp_path, fitted):
+    report = export(fitted, tmp_path / "m.onnx", device="cpu")
+    assert report.onnx["top1_agreement"] == 100.0
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    expected = expand_model(fitted, device="cpu")(torch.from_numpy(x)).detach().numpy()
+    (logits,) = session.run(None, {"input": x})
+    assert np.abs(logits - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+
+def test_unknown_suffix(tmp_path, fitted):
+    with pytest.raises(UsageError, match=".safetensors or .onnx"):
+        export(fitted, tmp_path / "m.pt", device="cpu")

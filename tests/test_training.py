@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from helpers import tiny_fit, tiny_resnet_state_dict
+from nerncompress.data import ImageData
+from nerncompress.errors import UsageError
+from nerncompress.models import build_model
+from nerncompress.training import (
+    DistillConfig,
+    FitConfig,
+    _Regenerator,
+    distill,
+    lr_at,
+    reconstruction_error,
+    student_model,
+)
+from nerncompress.losses import kd_loss
+from torch.func import functional_call
+
+
+def test_lr_schedule_warmup_peak_and_floor():
+    kwargs = dict(total=100, peak=1e-2, warmup=0.1, final_ratio=1e-3)
+    assert lr_at(0, **kwargs) == pytest.approx(1e-3)
+    assert lr_at(9, **kwargs) == pytest.approx(1e-2)
+    assert lr_at(10, **kwargs) == pytest.approx(1e-2)
+    assert lr_at(99, **kwargs) == pytest.approx(1e-5, rel=0.05)
+    values = [lr_at(s, **kwargs) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_fit_lowers_reconstruction_error_and_records_history():
+    state_dict = tiny_resnet_state_dict()
+    short = tiny_fit(state_dict, iters=1)
+    longer = tiny_fit(state_dict, iters=150, lr=5e-3)
+    assert reconstruction_error(longer, state_dict)["rmse"] < reconstruction_error(short, state_dict)["rmse"]
+    record = longer.history[-1]
+    assert record["stage"] == "fit" and record["config"]["iters"] == 150 and record["config"]["version"] == 1
+    assert math.isfinite(record["rmse"])
+
+
+def test_fit_is_deterministic():
+    state_dict = tiny_resnet_state_dict()
+    a, b = tiny_fit(state_dict), tiny_fit(state_dict)
+    for key, value in a.predictor.state_dict().items():
+        assert torch.equal(value, b.predictor.state_dict()[key])
+
+
+@pytest.mark.parametrize("bad", [dict(permute="zigzag"), dict(hidden=0), dict(iters=0), dict(lr=-1.0)])
+def test_invalid_fit_config(bad):
+    with pytest.raises(UsageError):
+        FitConfig(**bad)
+
+
+def test_kd_gradients_reach_the_predictor():
+    state_dict = tiny_resnet_state_dict()
+    nern = tiny_fit(state_dict, iters=5)
+    teacher = build_model(nern.arch, state_dict)
+    student = student_model(nern, torch.device("cpu"))
+    regenerate = _Regenerator(nern, torch.device("cpu"))
+    x = torch.randn(4, 3, 32, 32)
+    nern.predictor.zero_grad()
+    logits = functional_call(student, regenerate(), (x,), strict=False)
+    kd_loss(logits, teacher(x).detach()).backward()
+    grads = [p.grad for p in nern.predictor.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(p.grad is None for p in student.parameters())
+
+
+def test_distill_moves_the_student_towards_the_teacher_and_selects_on_holdout():
+    state_dict = tiny_resnet_state_dict()
+    nern = tiny_fit(state_dict, iters=20)
+    teacher = build_model(nern.arch, state_dict)
+    images = torch.randint(0, 256, (60, 32, 32, 3), dtype=torch.uint8)
+    data = ImageData(images, torch.randint(0, 10, (60,)), "random")
+    before = {k: v.clone() for k, v in nern.predictor.state_dict().items()}
+    config = DistillConfig(iters=6, lr=1e-3, batch_size=8, eval_every=3, holdout=0.2)
+    distill(nern, teacher, data, config, device="cpu")
+    record = nern.history[-1]
+    assert record["stage"] == "distill" and record["data"] == "random"
+    assert record["selected_step"] in (0, 3, 6)
+    assert record["holdout_agreement"] is not None
+    if record["selected_step"]:
+        assert any(not torch.equal(v, nern.predictor.state_dict()[k]) for k, v in before.items())
+
+
+def test_data_free_distill_runs_on_noise():
+    state_dict = tiny_resnet_state_dict()
+    nern = tiny_fit(state_dict, iters=5)
+    teacher = build_model(nern.arch, state_dict)
+    distill(nern, teacher, None, DistillConfig(iters=2, batch_size=4), device="cpu")
+    assert nern.history[-1]["data"] == "noise"
+
+
+def test_teacher_with_other_class_count_is_refused():
+    nern = tiny_fit(tiny_resnet_state_dict(), iters=2)
+    other = build_model(nern.arch.__class__(nern.arch.name, {"depth": 8, "num_classes": 100}, nern.arch.preset, nern.arch.input_shape))
+    with pytest.raises(UsageError, match="100 classes"):
+        distill(nern, other, None, DistillConfig(iters=1, batch_size=2), device="cpu")

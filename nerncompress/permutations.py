@@ -30,6 +30,11 @@ def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def _gram(unit: np.ndarray) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(unit))
+    return (tensor @ tensor.T).numpy()
+
+
 def greedy_chain(vectors: np.ndarray) -> np.ndarray:
     """Visiting order of a greedy nearest-neighbour chain by cosine similarity, starting at row 0.
 
@@ -47,24 +52,17 @@ def greedy_chain(vectors: np.ndarray) -> np.ndarray:
     unit = _normalise_rows(vectors.astype(np.float32))
     order = np.empty(count, dtype=np.int64)
     order[0] = 0
-    if count <= _DENSE_LIMIT:
-        similarity = unit @ unit.T
-        similarity[:, 0] = -np.inf
-        current = 0
-        for step in range(1, count):
-            current = int(np.argmax(similarity[current]))
-            order[step] = current
-            similarity[:, current] = -np.inf
-        return order
-    visited = np.zeros(count, dtype=bool)
-    visited[0] = True
+    # Visited kernels are excluded by a penalty vector added to each row read: one contiguous pass per step.
+    penalty = np.zeros(count, dtype=np.float32)
+    penalty[0] = -np.inf
+    # torch for the product: numpy's BLAS here can be an order of magnitude slower on this shape.
+    similarity = _gram(unit) if count <= _DENSE_LIMIT else None
     current = 0
     for step in range(1, count):
-        scores = unit @ unit[current]
-        scores[visited] = -np.inf
-        current = int(np.argmax(scores))
+        row = similarity[current] if similarity is not None else unit @ unit[current]
+        current = int(np.argmax(row + penalty))
         order[step] = current
-        visited[current] = True
+        penalty[current] = -np.inf
     return order
 
 
@@ -76,15 +74,17 @@ def _batched_chains(vectors: np.ndarray) -> np.ndarray:
     if dim == 1:
         return np.argsort(vectors[:, :, 0], axis=1, kind="stable").astype(np.int64)
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=2, keepdims=True), 1e-12)
-    similarity = np.einsum("bnd,bmd->bnm", unit, unit).astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))
+    similarity = torch.bmm(tensor, tensor.transpose(1, 2)).numpy()
     rows = np.arange(batch)
     orders = np.zeros((batch, count), dtype=np.int64)
-    similarity[:, :, 0] = -np.inf
+    penalty = np.zeros((batch, count), dtype=np.float32)
+    penalty[:, 0] = -np.inf
     current = np.zeros(batch, dtype=np.int64)
     for step in range(1, count):
-        current = np.argmax(similarity[rows, current], axis=1)
+        current = np.argmax(similarity[rows, current] + penalty, axis=1)
         orders[:, step] = current
-        similarity[rows, :, current] = -np.inf
+        penalty[rows, current] = -np.inf
     return orders
 
 

@@ -1,0 +1,368 @@
+"""Reports as plain dicts: what a ``.nern`` or a checkpoint holds, what a fit produced, the environment.
+
+Nothing here prints; ``cli/`` renders these dicts as tables or as JSON. Every size is in bytes, every ratio is a
+plain fraction (0.25 = a quarter), every accuracy in percent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import struct
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import __version__
+from ._io import PathLike, sha256_file
+from .artifact import load_artifact
+from .bitpack import bits_for
+from .checkpoint import load_checkpoint, normalize_state_dict
+from .errors import ArchDetectionError, ArtifactError
+from .evaluation import EvalResult
+from .expand import fp32_reference_bytes
+from .models.registry import detect_arch
+from .nern import Nern
+
+__all__ = [
+    "BYTE_GROUPS",
+    "artifact_report",
+    "checkpoint_report",
+    "compare_results",
+    "environment_report",
+    "fit_summary",
+    "is_nern_file",
+    "read_safetensors_header",
+    "source_provenance",
+]
+
+# Tensor key prefix -> byte group of the breakdown (see artifact.py for the layout).
+BYTE_GROUPS = {"predictor/": "predictor", "positions/": "positions", "scales/": "scales", "raw/": "raw"}
+_PACKAGES = (
+    "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "safetensors", "typer", "rich", "numpy",
+    "scikit-learn",
+)  # fmt: skip
+
+
+def read_safetensors_header(path: PathLike) -> tuple[int, dict[str, Any]]:
+    """The header of a safetensors file, without reading any tensor data.
+
+    Args:
+        path: a safetensors file (``.nern`` files are safetensors).
+
+    Returns:
+        ``(header_bytes, header)``: bytes before the data section (8-byte length prefix + JSON header, padding
+        included) and the parsed JSON (tensor entries plus an optional ``__metadata__``).
+
+    Raises:
+        ArtifactError: the file is missing, too short or has no valid safetensors header.
+    """
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise ArtifactError(f"{file}: file is empty or truncated, not a safetensors file")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > size - 8:
+                raise ArtifactError(f"{file}: header length {length} exceeds the file size {size}: file truncated")
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        raise ArtifactError(f"{file}: cannot read ({exc.strerror or type(exc).__name__})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{file}: not a safetensors file (header is not JSON)") from exc
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{file}: not a safetensors file (header is not a JSON object)")
+    return 8 + length, header
+
+
+def is_nern_file(path: PathLike) -> bool:
+    """Whether ``path`` is a ``.nern`` artifact: by suffix, or by a safetensors header whose format is ``nern``."""
+    file = Path(path)
+    if file.suffix.lower() == ".nern":
+        return True
+    if not file.is_file():
+        return False
+    try:
+        _, header = read_safetensors_header(file)
+    except ArtifactError:
+        return False
+    meta = header.get("__metadata__")
+    return isinstance(meta, dict) and meta.get("format") == "nern"
+
+
+def _byte_breakdown(header_bytes: int, header: Mapping[str, Any]) -> dict[str, int]:
+    groups = {"header": header_bytes, **{name: 0 for name in BYTE_GROUPS.values()}, "other": 0}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        group = next((name for prefix, name in BYTE_GROUPS.items() if key.startswith(prefix)), "other")
+        groups[group] += int(end) - int(start)
+    return groups
+
+
+def _layer_table(nern: Nern) -> list[dict[str, Any]]:
+    """One row per conv weight, represented or raw, in the original state_dict's order."""
+    represented = {entry.name: entry for entry in nern.layers}
+    # No positions are stored without a permutation (the identity order is implied).
+    bits = {entry.name: bits_for(entry.num_kernels) if nern.permute != "none" else 0 for entry in nern.layers}
+    rows = []
+    for key in nern.key_order:
+        if key in represented:
+            entry = represented[key]
+            rows.append(
+                {
+                    "name": key,
+                    "shape": list(entry.shape),
+                    "kernel_size": entry.kernel_size,
+                    "kernels": entry.num_kernels,
+                    "weights": entry.num_weights,
+                    "status": "represented",
+                    "reason": "",
+                    "layer_index": entry.layer_index,
+                    "position_bits": bits[key],
+                    "scaled": key in nern.scales,
+                }
+            )
+        elif key in nern.raw_convs:
+            shape = list(nern.raw[key].shape)
+            rows.append(
+                {
+                    "name": key,
+                    "shape": shape,
+                    "kernel_size": shape[2] if len(shape) == 4 else None,
+                    "kernels": shape[0] * shape[1] if len(shape) >= 2 else None,
+                    "weights": int(nern.raw[key].numel()),
+                    "status": "raw",
+                    "reason": nern.raw_convs[key],
+                    "layer_index": None,
+                    "position_bits": None,
+                    "scaled": False,
+                }
+            )
+    return rows
+
+
+def artifact_report(path: PathLike) -> dict[str, Any]:
+    """Everything worth knowing about a ``.nern`` file: sizes, ratios, layer table, provenance, history.
+
+    Args:
+        path: the artifact.
+
+    Returns:
+        A JSON-serialisable dict with ``path``, ``file_bytes``, ``bytes`` (breakdown: header = length prefix +
+        JSON header with metadata; predictor, positions, scales, raw, other = tensor data; the groups sum to
+        ``file_bytes``), ``predictor_parameters``, ``conv_parameters`` (represented conv weights), ``conv_ratio``
+        (predictor parameters / represented conv weights), ``fp32_reference_bytes`` (the original weights as a
+        plain fp32 safetensors file), ``file_ratio`` (file bytes / fp32 reference bytes), ``layers`` (table),
+        ``represented_layers``, ``raw_convs``, ``arch``, ``embedding``, ``predictor``, ``permute``,
+        ``compression``, ``source``, ``history``, ``tool_version``.
+
+    Raises:
+        ArtifactError: for a missing, corrupt or inconsistent file.
+
+    Example:
+        >>> artifact_report("resnet20.nern")["file_ratio"]
+        0.21
+    """
+    nern = load_artifact(path)
+    header_bytes, header = read_safetensors_header(path)
+    meta = header.get("__metadata__", {})
+    file_bytes = Path(path).stat().st_size
+    reference = fp32_reference_bytes(nern)
+    return {
+        "path": str(path),
+        "file_bytes": file_bytes,
+        "bytes": _byte_breakdown(header_bytes, header),
+        "predictor_parameters": nern.predictor_parameters(),
+        "conv_parameters": nern.conv_parameters(),
+        "conv_ratio": nern.conv_ratio(),
+        "fp32_reference_bytes": reference,
+        "file_ratio": file_bytes / reference,
+        "layers": _layer_table(nern),
+        "represented_layers": len(nern.layers),
+        "raw_convs": len(nern.raw_convs),
+        "raw_tensors": len(nern.raw),
+        "arch": nern.arch.to_dict(),
+        "embedding": {**nern.embedding.to_dict(), "dim": nern.embedding.dim},
+        "predictor": nern.predictor.config.to_dict(),
+        "permute": nern.permute,
+        "compression": nern.compression,
+        "source": nern.source,
+        "history": nern.history,
+        "tool_version": meta.get("tool_version"),
+        "schema_version": meta.get("schema_version"),
+    }
+
+
+def fit_summary(nern: Nern, path: PathLike, *, seconds: float) -> dict[str, Any]:
+    """The figures ``nerncompress fit`` prints once ``nern`` is saved at ``path``.
+
+    Returns:
+        ``path``, ``file_bytes``, ``conv_ratio``, ``file_ratio`` (as in :func:`artifact_report`), ``seconds`` (wall
+        time of the fit), parameter counts, and the last history record's reconstruction error (``rmse`` in weight
+        units, ``relative_rmse`` = rmse / weight std, ``normalised_rmse``, ``final_loss``).
+    """
+    file_bytes = Path(path).stat().st_size
+    reference = fp32_reference_bytes(nern)
+    last = nern.history[-1] if nern.history else {}
+    errors = {key: last[key] for key in ("rmse", "relative_rmse", "normalised_rmse", "final_loss") if key in last}
+    return {
+        "path": str(path),
+        "file_bytes": file_bytes,
+        "fp32_reference_bytes": reference,
+        "predictor_parameters": nern.predictor_parameters(),
+        "conv_parameters": nern.conv_parameters(),
+        "conv_ratio": nern.conv_ratio(),
+        "file_ratio": file_bytes / reference,
+        "seconds": seconds,
+        "steps": last.get("steps"),
+        "device": last.get("device"),
+        "represented_layers": len(nern.layers),
+        "raw_convs": dict(nern.raw_convs),
+        "arch": nern.arch.to_dict(),
+        "reconstruction": errors,
+    }
+
+
+def _tensor_bytes(tensor: Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def source_provenance(path: PathLike, state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """What a ``.nern`` records about the checkpoint it came from.
+
+    Returns:
+        ``file`` (name only, no folder), ``sha256`` of the file, ``bytes`` on disk, ``tensors``, ``parameters``.
+    """
+    file = Path(path)
+    return {
+        "file": file.name,
+        "sha256": sha256_file(file),
+        "bytes": file.stat().st_size,
+        "tensors": len(state_dict),
+        "parameters": sum(int(value.numel()) for value in state_dict.values()),
+    }
+
+
+def checkpoint_report(path: PathLike, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """What a checkpoint holds: tensor count, parameters, bytes, dtypes, detected architecture.
+
+    Args:
+        path: a checkpoint file (see :func:`nerncompress.checkpoint.load_checkpoint`).
+        trust_pickle: as in ``load_checkpoint``.
+
+    Returns:
+        ``path``, ``file_bytes``, ``sha256``, ``tensors``, ``parameters``, ``tensor_bytes`` (in the stored dtypes),
+        ``dtypes`` (dtype -> tensor count), ``conv_weights`` (4-D weights) and ``conv_parameters``, ``arch`` (the
+        detected spec, or None) and ``arch_error`` (why detection failed, or None).
+
+    Raises:
+        CheckpointError: the file cannot be read as a checkpoint.
+    """
+    state_dict = normalize_state_dict(load_checkpoint(path, trust_pickle=trust_pickle))
+    convs = [value for key, value in state_dict.items() if key.endswith("weight") and value.dim() == 4]
+    try:
+        arch: dict[str, Any] | None = detect_arch(state_dict).to_dict()
+        arch_error = None
+    except ArchDetectionError as exc:
+        arch, arch_error = None, str(exc)
+    return {
+        "path": str(path),
+        "file_bytes": Path(path).stat().st_size,
+        "sha256": sha256_file(path),
+        "tensors": len(state_dict),
+        "parameters": sum(int(value.numel()) for value in state_dict.values()),
+        "tensor_bytes": sum(_tensor_bytes(value) for value in state_dict.values()),
+        "dtypes": dict(Counter(str(value.dtype).removeprefix("torch.") for value in state_dict.values())),
+        "conv_weights": len(convs),
+        "conv_parameters": sum(int(value.numel()) for value in convs),
+        "arch": arch,
+        "arch_error": arch_error,
+    }
+
+
+def compare_results(first: EvalResult, second: EvalResult, labels: Tensor) -> dict[str, Any]:
+    """Paired comparison of two models evaluated on the same images, in the same order.
+
+    Args:
+        first, second: results of :func:`nerncompress.evaluation.evaluate` on the same data.
+        labels: int64 (N,) the data's labels.
+
+    Returns:
+        ``agreement`` (percent of equal predictions), ``delta_top1`` (first - second, percentage points), and the
+        paired counts ``both_correct``, ``only_first_correct``, ``only_second_correct``, ``both_wrong`` (the two
+        ``only_*`` counts are the discordant pairs a McNemar test would use).
+
+    Raises:
+        ValueError: the results cover different numbers of images.
+    """
+    agreement = first.agreement(second)
+    right_first = first.predictions.cpu() == labels.cpu()
+    right_second = second.predictions.cpu() == labels.cpu()
+    return {
+        "agreement": agreement,
+        "delta_top1": first.top1 - second.top1,
+        "both_correct": int((right_first & right_second).sum()),
+        "only_first_correct": int((right_first & ~right_second).sum()),
+        "only_second_correct": int((~right_first & right_second).sum()),
+        "both_wrong": int((~right_first & ~right_second).sum()),
+        "count": first.count,
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def environment_report() -> dict[str, Any]:
+    """Versions, devices and threads, for bug reports.
+
+    Returns:
+        ``versions`` (python, nerncompress and each dependency; None when not installed), ``cuda`` (available,
+        torch's CUDA version, devices with name and memory in bytes), ``torch_threads``, ``cpu_count``,
+        ``onnxruntime_providers``, ``platform``.
+    """
+    versions: dict[str, str | None] = {"python": platform.python_version(), "nerncompress": __version__}
+    versions.update({package: _version(package) for package in _PACKAGES})
+    versions["torch"] = torch.__version__  # with its build tag (+cpu, +cu130): which wheel matters for bugs
+    devices = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            devices.append({"index": index, "name": props.name, "memory_bytes": int(props.total_memory)})
+    try:
+        import onnxruntime
+
+        providers: list[str] | None = list(onnxruntime.get_available_providers())
+    except ImportError:
+        providers = None
+    return {
+        "versions": versions,
+        "cuda": {
+            "available": torch.cuda.is_available(),
+            "torch_cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "devices": devices,
+        },
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "onnxruntime_providers": providers,
+        "platform": {
+            "system": platform.platform(),
+            "machine": platform.machine(),
+            "python_executable": sys.executable,
+        },
+    }

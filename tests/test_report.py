@@ -1,0 +1,194 @@
+"""report.py: byte breakdowns that add up, ratios that match their definitions, checkpoint and env reports."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+import torch
+from helpers import tiny_fit, tiny_resnet_state_dict
+from safetensors.torch import save_file
+
+from nerncompress.artifact import save_artifact
+from nerncompress.bitpack import bits_for
+from nerncompress.errors import ArtifactError, CheckpointError
+from nerncompress.evaluation import EvalResult
+from nerncompress.report import (
+    artifact_report,
+    checkpoint_report,
+    compare_results,
+    environment_report,
+    fit_summary,
+    is_nern_file,
+    read_safetensors_header,
+    source_provenance,
+)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A tiny fitted Nern (conv1 kept raw, so the table has a raw conv row) and its file."""
+    nern = tiny_fit(raw_layers=("conv1.weight",), iters=20)
+    path = tmp_path_factory.mktemp("report") / "tiny.nern"
+    save_artifact(nern, path)
+    return nern, path
+
+
+def test_byte_breakdown_sums_to_file_size(fitted):
+    nern, path = fitted
+    report = artifact_report(path)
+    assert report["file_bytes"] == path.stat().st_size
+    assert sum(report["bytes"].values()) == report["file_bytes"]
+    assert report["bytes"]["other"] == 0
+    # float32 predictor, one float32 scale per output channel, positions packed at bits_for(N) bits each
+    assert report["bytes"]["predictor"] == 4 * report["predictor_parameters"]
+    assert report["bytes"]["scales"] == 4 * sum(e.c_out for e in nern.layers if e.name in nern.scales)
+    packed = [math.ceil(e.num_kernels * bits_for(e.num_kernels) / 8) for e in nern.layers]
+    assert report["bytes"]["positions"] == sum(packed)
+    raw_bytes = sum(v.numel() * v.element_size() for v in nern.raw.values())
+    assert report["bytes"]["raw"] == raw_bytes
+    header_bytes, header = read_safetensors_header(path)
+    assert report["bytes"]["header"] == header_bytes
+    assert header["__metadata__"]["format"] == "nern"
+
+
+def test_ratios_match_their_definitions(fitted):
+    nern, path = fitted
+    report = artifact_report(path)
+    predictor_params = sum(p.numel() for p in nern.predictor.parameters())
+    conv_params = sum(e.num_weights for e in nern.layers)
+    assert report["predictor_parameters"] == predictor_params
+    assert report["conv_parameters"] == conv_params
+    assert report["conv_ratio"] == pytest.approx(predictor_params / conv_params)
+    assert report["file_ratio"] == pytest.approx(report["file_bytes"] / report["fp32_reference_bytes"])
+
+
+def test_fp32_reference_is_the_size_of_a_plain_safetensors_file(fitted, tmp_path):
+    nern, path = fitted
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in tiny_resnet_state_dict().items()}
+    reference = tmp_path / "reference.safetensors"
+    save_file(state_dict, str(reference))
+    # Same tensors; headers differ by a few bytes of key order and padding at most.
+    assert artifact_report(path)["fp32_reference_bytes"] == pytest.approx(reference.stat().st_size, abs=64)
+
+
+def test_layer_table_lists_represented_and_raw_convs(fitted):
+    nern, path = fitted
+    rows = artifact_report(path)["layers"]
+    represented = [row for row in rows if row["status"] == "represented"]
+    raw = [row for row in rows if row["status"] == "raw"]
+    assert [row["name"] for row in represented] == [e.name for e in nern.layers]
+    assert [row["name"] for row in raw] == ["conv1.weight"]
+    assert "request" in raw[0]["reason"]
+    first = represented[0]
+    entry = nern.layers[0]
+    assert first["shape"] == list(entry.shape)
+    assert first["kernels"] == entry.num_kernels
+    assert first["kernel_size"] == 3
+    assert first["position_bits"] == bits_for(entry.num_kernels)
+
+
+def test_report_carries_provenance_and_history(fitted):
+    _, path = fitted
+    report = artifact_report(path)
+    assert report["arch"]["name"] == "cifar_resnet"
+    assert report["history"][-1]["stage"] == "fit"
+    assert report["predictor"]["hidden"] == 16
+    assert report["embedding"]["dim"] == 6 * report["embedding"]["levels"]
+    assert report["permute"] == "crossfilter"
+
+
+def test_fit_summary_agrees_with_artifact_report(fitted):
+    nern, path = fitted
+    summary = fit_summary(nern, path, seconds=1.5)
+    report = artifact_report(path)
+    for key in ("file_bytes", "conv_ratio", "file_ratio", "predictor_parameters", "conv_parameters"):
+        assert summary[key] == pytest.approx(report[key])
+    assert summary["seconds"] == 1.5
+    assert set(summary["reconstruction"]) >= {"rmse", "relative_rmse"}
+
+
+def test_artifact_report_rejects_corrupt_files(tmp_path):
+    bad = tmp_path / "bad.nern"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ArtifactError):
+        artifact_report(bad)
+    with pytest.raises(ArtifactError):
+        read_safetensors_header(bad)
+    with pytest.raises(ArtifactError):
+        artifact_report(tmp_path / "missing.nern")
+
+
+def test_is_nern_file_by_suffix_or_header(fitted, tmp_path):
+    _, path = fitted
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(path.read_bytes())
+    checkpoint = tmp_path / "model.pt"
+    torch.save(tiny_resnet_state_dict(), checkpoint)
+    assert is_nern_file(path)
+    assert is_nern_file(renamed)
+    assert not is_nern_file(checkpoint)
+    assert not is_nern_file(tmp_path / "missing.pt")
+
+
+def test_checkpoint_report_counts_and_detects(tmp_path):
+    state_dict = tiny_resnet_state_dict()
+    path = tmp_path / "tiny.pt"
+    torch.save(state_dict, path)
+    report = checkpoint_report(path)
+    assert report["tensors"] == len(state_dict)
+    assert report["parameters"] == sum(v.numel() for v in state_dict.values())
+    assert report["tensor_bytes"] == sum(v.numel() * v.element_size() for v in state_dict.values())
+    assert report["arch"]["name"] == "cifar_resnet"
+    assert report["arch"]["kwargs"]["depth"] == 8
+    assert report["arch_error"] is None
+    assert report["conv_weights"] == 7
+    assert report["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_checkpoint_report_explains_unknown_architectures(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({"weird.weight": torch.zeros(3, 3)}, path)
+    report = checkpoint_report(path)
+    assert report["arch"] is None
+    assert report["arch_error"]
+    with pytest.raises(CheckpointError):
+        checkpoint_report(tmp_path / "missing.pt")
+
+
+def test_source_provenance(tmp_path):
+    state_dict = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
+    path = tmp_path / "sub" / "weights.pt"
+    path.parent.mkdir()
+    torch.save(state_dict, path)
+    source = source_provenance(path, state_dict)
+    assert source == {
+        "file": "weights.pt",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "bytes": path.stat().st_size,
+        "tensors": 2,
+        "parameters": 10,
+    }
+
+
+def test_compare_results_paired_counts():
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    first = EvalResult(top1=60.0, count=5, predictions=torch.tensor([0, 1, 2, 0, 0]))
+    second = EvalResult(top1=40.0, count=5, predictions=torch.tensor([0, 1, 0, 3, 1]))
+    result = compare_results(first, second, labels)
+    assert result["agreement"] == pytest.approx(40.0)
+    assert result["delta_top1"] == pytest.approx(20.0)
+    assert result["both_correct"] == 2
+    assert result["only_first_correct"] == 1
+    assert result["only_second_correct"] == 1
+    assert result["both_wrong"] == 1
+
+
+def test_environment_report():
+    env = environment_report()
+    assert env["versions"]["torch"] == torch.__version__
+    assert set(env["versions"]) >= {"python", "nerncompress", "torch", "onnxruntime", "safetensors", "typer", "rich"}
+    assert env["cuda"]["available"] == torch.cuda.is_available()
+    assert env["torch_threads"] >= 1
+    assert "CPUExecutionProvider" in env["onnxruntime_providers"]

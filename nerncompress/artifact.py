@@ -31,7 +31,7 @@ from .layers import LayerEntry
 from .models.registry import ArchSpec
 from .nern import Nern
 from .predictor import PredictorConfig
-from .safetensors_io import save_safetensors
+from .safetensors_io import read_safetensors_header, save_safetensors
 
 FORMAT = "nern"
 SCHEMA_VERSION = 1
@@ -96,7 +96,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         ArtifactError: missing, unreadable or not a .nern of a supported schema.
     """
-    return _parse_metadata(_open(path)[1], path)
+    if not os.path.isfile(path):
+        raise ArtifactError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: is not a file")
+    _, header = read_safetensors_header(path)
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ArtifactError(f"{path}: not a .nern artifact (no string metadata in its header)")
+    return _parse_metadata(metadata, path)
 
 
 def load_artifact(path: str | os.PathLike) -> Nern:

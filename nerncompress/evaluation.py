@@ -90,7 +90,13 @@ def predict_logits(
     try:
         with torch.inference_mode():
             for x, _ in batches:
-                out = model(x)
+                try:
+                    out = model(x)
+                except RuntimeError as exc:
+                    raise DataError(
+                        f"{data.source}: the model cannot take images of shape {tuple(x.shape[1:])} "
+                        f"({str(exc).splitlines()[0][:120]}): use data of the model's input size"
+                    ) from exc
                 if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
                     got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                     raise UsageError(

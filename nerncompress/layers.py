@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from .errors import CheckpointError
+
 # A kernel size gets a head only if its weights outnumber the head's parameters by this factor.
 HEAD_PAYOFF = 2.0
 
@@ -103,7 +105,7 @@ def plan_layers(
         min_kernels: layers with fewer kernels than this stay raw (tiny layers are cheap to store exactly).
 
     Returns:
-        The plan. Raises ValueError when nothing is left to represent.
+        The plan. Raises CheckpointError when nothing is left to represent.
     """
     convs = find_convs(model)
     square = [(key, shape) for key, shape in convs if len(shape) == 4 and shape[2] == shape[3]]
@@ -128,7 +130,10 @@ def plan_layers(
         else:
             layers.append(LayerEntry(name=key, shape=tuple(shape), layer_index=len(layers)))  # type: ignore[arg-type]
     if not layers:
-        raise ValueError("no conv layer can be represented: the model has no square conv kernels to fit")
+        raise CheckpointError(
+            "no conv layer can be represented: the model has no square conv kernels with a predictor head "
+            "(lower --min-kernels or check the architecture)"
+        )
     used_sizes = tuple(sorted({entry.kernel_size for entry in layers}))
     return LayerPlan(layers=layers, kernel_sizes=used_sizes, raw_convs=raw)
 

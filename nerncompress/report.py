@@ -30,6 +30,7 @@ from .evaluation import EvalResult
 from .expand import fp32_reference_bytes
 from .models.registry import detect_arch
 from .nern import Nern
+from .safetensors_io import read_safetensors_header
 
 __all__ = [
     "BYTE_GROUPS",
@@ -39,7 +40,6 @@ __all__ = [
     "environment_report",
     "fit_summary",
     "is_nern_file",
-    "read_safetensors_header",
     "source_provenance",
 ]
 
@@ -49,39 +49,6 @@ _PACKAGES = (
     "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "safetensors", "typer", "rich", "numpy",
     "scikit-learn",
 )  # fmt: skip
-
-
-def read_safetensors_header(path: PathLike) -> tuple[int, dict[str, Any]]:
-    """The header of a safetensors file, without reading any tensor data.
-
-    Args:
-        path: a safetensors file (``.nern`` files are safetensors).
-
-    Returns:
-        ``(header_bytes, header)``: bytes before the data section (8-byte length prefix + JSON header, padding
-        included) and the parsed JSON (tensor entries plus an optional ``__metadata__``).
-
-    Raises:
-        ArtifactError: the file is missing, too short or has no valid safetensors header.
-    """
-    file = Path(path)
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise ArtifactError(f"{file}: file is empty or truncated, not a safetensors file")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > size - 8:
-                raise ArtifactError(f"{file}: header length {length} exceeds the file size {size}: file truncated")
-            header = json.loads(handle.read(length))
-    except OSError as exc:
-        raise ArtifactError(f"{file}: cannot read ({exc.strerror or type(exc).__name__})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{file}: not a safetensors file (header is not JSON)") from exc
-    if not isinstance(header, dict):
-        raise ArtifactError(f"{file}: not a safetensors file (header is not a JSON object)")
-    return 8 + length, header
 
 
 def is_nern_file(path: PathLike) -> bool:

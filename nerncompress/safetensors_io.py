@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 import struct
+from pathlib import Path
+from typing import Any
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from ._io import atomic_path
-from .errors import UsageError
+from .errors import ArtifactError, UsageError
 
 TensorSpec = tuple[str, torch.dtype, tuple[int, ...]]
 
@@ -82,3 +84,34 @@ def save_safetensors(
     return written
 
 
+def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """The header of a safetensors file, without reading any tensor data.
+
+    Args:
+        path: a safetensors file (``.nern`` files are safetensors).
+
+    Returns:
+        ``(header_bytes, header)``: bytes before the data section (8-byte length prefix + JSON header, padding
+        included) and the parsed JSON (tensor entries plus an optional ``__metadata__``).
+
+    Raises:
+        ArtifactError: the file is missing, too short or has no valid safetensors header.
+    """
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise ArtifactError(f"{file}: file is empty or truncated, not a safetensors file")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > size - 8:
+                raise ArtifactError(f"{file}: header length {length} exceeds the file size {size}: file truncated")
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        raise ArtifactError(f"{file}: cannot read ({exc.strerror or type(exc).__name__})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{file}: not a safetensors file (header is not JSON)") from exc
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{file}: not a safetensors file (header is not a JSON object)")
+    return 8 + length, header

@@ -83,7 +83,7 @@ class FitConfig:
     base: float = 1.25
     permute: str = "crossfilter"
     iters: int = 12000
-    lr: float = 2e-3
+    lr: float = 1e-2
     warmup: float = 0.05
     final_lr_ratio: float = 1e-3
     batch_size: int = 4096

@@ -311,8 +311,7 @@ def test_demo_quick_run(tmp_path):
     assert "training the digits CNN" in result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("NERNCOMPRESS_RUN_SLOW"), reason="about 40 s: set NERNCOMPRESS_RUN_SLOW=1")
+@pytest.mark.slow  # about 40 s; run with: pytest -m slow
 def test_demo_full_run_keeps_accuracy(tmp_path):
     result = invoke("demo", "--workdir", tmp_path / "demo", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.stderr

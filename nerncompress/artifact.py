@@ -39,6 +39,11 @@ _REQUIRED = (
     "format", "schema_version", "tool_version", "arch", "embedding", "predictor", "layers",
     "permute", "key_order", "raw_convs", "source", "history", "compression",
 )  # fmt: skip
+# The JSON type of each structured metadata key.
+_JSON_TYPES = {
+    "arch": dict, "embedding": dict, "predictor": dict, "layers": list, "key_order": list, "raw_convs": dict,
+    "source": dict, "history": list, "compression": dict,
+}  # fmt: skip
 
 
 def to_tensors(nern: Nern) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -120,7 +125,7 @@ def load_artifact(path: str | os.PathLike) -> Nern:
         return _build(tensors, meta)
     except ArtifactError:
         raise
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the file is untrusted input: any failure to interpret it is corruption
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArtifactError(f"{path}: inconsistent artifact ({message})") from exc
 
@@ -163,6 +168,10 @@ def _parse_metadata(raw: dict[str, str], path: str | os.PathLike) -> dict[str, A
             meta[key] = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{path}: metadata key {key!r} is not valid JSON") from exc
+        expected = _JSON_TYPES.get(key)
+        if expected is not None and not isinstance(meta[key], expected):
+            kind = "a JSON object" if expected is dict else "a JSON list"
+            raise ArtifactError(f"{path}: metadata key {key!r} must be {kind}, got {type(meta[key]).__name__}")
     return meta
 
 
@@ -204,6 +213,10 @@ def _build(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Nern:
     if set(key_order) != expected or len(key_order) != len(expected):
         extra = sorted(expected - set(key_order)) + sorted(set(key_order) - expected)
         raise ArtifactError(f"key_order does not match the stored tensors (first difference: {extra[:1]})")
+    finite_checked = [(f"predictor/{k}", v) for k, v in predictor.state_dict().items()]
+    for key, value in finite_checked + [(f"raw/{k}", v) for k, v in raw.items()]:
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ArtifactError(f"tensor {key!r} holds NaN or Inf values: the file is corrupt, refit or re-download it")
     known_prefixes = ("predictor/", "positions/", "scales/", "raw/")
     stray = [k for k in tensors if not k.startswith(known_prefixes)]
     stray += [k for k in tensors if k.startswith("scales/") and k[len("scales/"):] not in scales]

@@ -1,51 +1,544 @@
-"""Compressing the predictor itself: how its parameters are encoded in the artifact.
+"""Meta-compression: ``compress(nern, config)`` prunes or quantizes the predictor and fine-tunes the result.
 
-``encode_predictor`` / ``decode_predictor`` are the only functions that know how predictor parameters are
-stored; ``artifact.py`` calls them. With an empty compression state the parameters are stored as float32.
+``compress`` dispatches on the config's type (``QuantizeConfig`` or ``PruneConfig``), records the new state in
+``Nern.compression``, fine-tunes the predictor through parametrizations that apply that state in every forward
+pass (masks for pruned weights; fake quantization with a straight-through estimator for quantized ones), and
+returns a new Nern whose predictor holds exactly the values its artifact stores, so evaluating it in memory and
+after ``save_artifact``/``load_artifact`` gives the same numbers.
+
+How those values are stored (``encode_predictor`` / ``decode_predictor``, called by ``artifact.py``) and the
+number formats themselves live in ``quantization.py``.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-from .errors import ArtifactError
-from .predictor import Predictor, PredictorConfig
+from . import __version__
+from .data import ImageData
+from .devices import resolve_device
+from .errors import UsageError
+from .expand import expand_model, expand_state_dict
+from .nern import Nern
+from .predictor import Predictor, head_name
+from .quantization import (  # noqa: F401  (encode/decode/predictor_bytes: re-exported for artifact.py)
+    BITS, FLOAT_DTYPES, STATE_VERSION, FakeFP16, FakeQuantize, FixedMask, decode_predictor, encode_predictor,
+    gptq_weight, predictor_bytes, round_fp16, round_weight,
+)  # fmt: skip
+from .training import (
+    IMPORTANCE, DistillConfig, FitConfig, StepCallback, reconstruction_error, train_reconstruction, train_with_teacher,
+)  # fmt: skip
+
+CONFIG_VERSION = 1
+ROUNDINGS = ("gptq", "nearest")
+METHODS = ("unstructured", "structured")
+SCOPES = ("global", "layer")
+PRECISIONS = ("auto", "bf16", "fp32")
+PRUNE_LR = 1e-3  # pruning half the weights needs nearly a refit: lower rates recovered less in 1,000 steps
+KD_LR = 1e-5  # distill's measured ceiling: 2e-4 destroys a fitted predictor
+GPTQ_SAMPLES = 65536  # kernels whose embeddings estimate each layer's input correlations
 
 
-def encode_predictor(predictor: Predictor, state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Tensors that store the predictor, and the compression metadata describing them."""
-    if state:
-        raise NotImplementedError(f"compression state {sorted(state)} is not supported yet")
-    tensors = {name: value.detach().to(torch.float32) for name, value in predictor.state_dict().items()}
-    return tensors, {}
+@dataclass(kw_only=True)
+class _FinetuneConfig:
+    """Fine-tuning options shared by ``QuantizeConfig`` and ``PruneConfig``.
+
+    Attributes:
+        lr: peak Adam learning rate of the reconstruction phase (warmup 5%, cosine decay to lr / 100); None picks
+            one that suits the stage (see ``recon_lr``).
+        batch_size: kernels per reconstruction step.
+        importance: how the reconstruction phase weighs kernel errors, as ``FitConfig.importance``.
+        kd_iters: steps of a following knowledge-distillation phase (``train_with_teacher``; 0 = none).
+        kd_lr: peak learning rate of the KD phase; None = the smaller of 1e-5 and the reconstruction default
+            (distillation needs a small step, and a quantized predictor a step below its rounding step).
+        kd_weight, recon_weight: loss weights of the KD phase (recon = reconstruction of the target weights).
+        kd_batch_size: images per KD step.
+        precision: auto | bf16 | fp32 autocast while fine-tuning. fp32 by default: bf16 matmuls round 8-bit
+            weights by about a quarter of a quantization step.
+        seed: seeds kernel sampling, batch order and augmentation.
+    """
+
+    lr: float | None = None
+    batch_size: int = 4096
+    importance: str = "uniform"
+    kd_iters: int = 0
+    kd_lr: float | None = None
+    kd_weight: float = 1.0
+    recon_weight: float = 1.0
+    kd_batch_size: int = 128
+    precision: str = "fp32"
+    seed: int = 0
+    version: int = CONFIG_VERSION
+
+    def _check_finetune(self, iters: int, flag: str) -> None:
+        if iters < 0 or self.kd_iters < 0:
+            raise UsageError(f"{flag} and --kd-iters must be >= 0, got {iters} and {self.kd_iters}")
+        if not all(value is None or value > 0 for value in (self.lr, self.kd_lr)):
+            raise UsageError(f"learning rates must be > 0, got lr={self.lr}, kd_lr={self.kd_lr}")
+        if self.batch_size < 1 or self.kd_batch_size < 1:
+            raise UsageError("batch sizes must be >= 1")
+        if min(self.kd_weight, self.recon_weight) < 0 or self.kd_weight + self.recon_weight == 0:
+            raise UsageError("kd_weight and recon_weight must be >= 0 and not both 0")
+        if self.importance not in IMPORTANCE:
+            raise UsageError(f"unknown importance {self.importance!r}: choose one of {', '.join(IMPORTANCE)}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.version != CONFIG_VERSION:
+            raise UsageError(f"config version {self.version} is not supported (this reads {CONFIG_VERSION})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    def recon_lr(self) -> float:
+        """The reconstruction phase's learning rate: ``lr``, or the stage's default when it is None."""
+        return self.lr if self.lr is not None else self._default_lr()
+
+    def distill_lr(self) -> float:
+        """The KD phase's learning rate: ``kd_lr``, or the smaller of 1e-5 and the stage's default."""
+        return self.kd_lr if self.kd_lr is not None else min(KD_LR, self._default_lr())
+
+    def _default_lr(self) -> float:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> _FinetuneConfig:
+        """Rebuild a config from ``to_dict`` output (e.g. a history record). Raises UsageError on unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(f"unknown {cls.__name__} option {unknown[0]!r}")
+        return cls(**data)
 
 
-def decode_predictor(tensors: dict[str, Tensor], config: PredictorConfig, state: dict[str, Any]) -> Predictor:
-    """Rebuild the predictor from its stored tensors.
+@dataclass(kw_only=True)
+class QuantizeConfig(_FinetuneConfig):
+    """Quantize the predictor's Linear weights, learned with quantization-aware fine-tuning.
+
+    Attributes:
+        bits: 2..8 (symmetric integers, one float16 scale per output row or group) or "fp16" (``--bits``).
+        group_size: inputs sharing one scale (``--group-size``); None = one scale per output row.
+        bias_dtype: "float16" (default: costs nothing measurable) or "float32".
+        raw_fp16: also store the raw (non-represented) float32 tensors as float16 (``--raw-fp16``).
+        rounding: "gptq" (default) rounds each layer with error compensation (``gptq_weight``) on the kernels'
+            own embeddings, before fine-tuning; "nearest" rounds every weight to its nearest level.
+        qat_iters: reconstruction steps with fake-quantized weights before the final rounding (``--qat-iters``;
+            0 = no fine-tuning). The default learning rate shrinks with the quantization step: 3e-6 at 8 bits,
+            x2 per bit less; larger steps move the float weights further than the rounding does.
+
+    Example:
+        >>> small = compress(nern, QuantizeConfig(bits=4, group_size=32, qat_iters=2000))
+    """
+
+    bits: int | str = 8
+    group_size: int | None = None
+    bias_dtype: str = "float16"
+    raw_fp16: bool = False
+    rounding: str = "gptq"
+    qat_iters: int = 1000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, str) and self.bits.isdigit():
+            self.bits = int(self.bits)
+        if self.bits not in BITS or isinstance(self.bits, bool):
+            raise UsageError(f"--bits must be one of {', '.join(map(str, BITS))}, got {self.bits!r}")
+        if self.group_size is not None and (isinstance(self.group_size, bool) or int(self.group_size) < 1):
+            raise UsageError(f"--group-size must be >= 1, got {self.group_size}")
+        if self.group_size is not None and self.bits == "fp16":
+            raise UsageError("--group-size applies to integer bits, not fp16")
+        if self.bias_dtype not in FLOAT_DTYPES:
+            raise UsageError(f"bias_dtype must be float16 or float32, got {self.bias_dtype!r}")
+        if self.rounding not in ROUNDINGS:
+            raise UsageError(f"unknown rounding {self.rounding!r}: choose one of {', '.join(ROUNDINGS)}")
+        self._check_finetune(self.qat_iters, "--qat-iters")
+
+    def _default_lr(self) -> float:
+        return 1e-6 if self.bits == "fp16" else 3e-6 * 2.0 ** (8 - int(self.bits))
+
+    def state(self) -> dict[str, Any]:
+        """The ``quantize`` entry of the compression state."""
+        return {
+            "bits": self.bits,
+            "group_size": None if self.group_size is None else int(self.group_size),
+            "scale_dtype": "float16",
+            "bias_dtype": "float16" if self.bits == "fp16" else self.bias_dtype,
+        }
+
+
+@dataclass(kw_only=True)
+class PruneConfig(_FinetuneConfig):
+    """Prune the predictor by magnitude, then optionally fine-tune it with the pruned weights held at zero.
+
+    Attributes:
+        method: "unstructured" (single weights, stored sparse) or "structured" (whole hidden units removed,
+            giving a smaller dense MLP).
+        sparsity: share of weights (unstructured) or hidden units (structured) removed, in [0, 1) (``--sparsity``).
+        scope: "global" ranks across all layers, "layer" removes the same share from every layer.
+        finetune_iters: reconstruction steps after pruning (``--finetune-iters``; 0 = none).
+
+    Example:
+        >>> pruned = compress(nern, PruneConfig(sparsity=0.5, finetune_iters=1000))
+    """
+
+    method: str = "unstructured"
+    sparsity: float = 0.5
+    scope: str = "global"
+    finetune_iters: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown pruning method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if self.scope not in SCOPES:
+            raise UsageError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
+        self._check_finetune(self.finetune_iters, "--finetune-iters")
+
+    def _default_lr(self) -> float:
+        return PRUNE_LR
+
+
+# ------------------------------------------------------------------------------------------------- compress
+
+
+def compress(
+    nern: Nern,
+    config: QuantizeConfig | PruneConfig,
+    *,
+    target_weights: dict[str, Tensor] | None = None,
+    data: ImageData | None = None,
+    teacher: nn.Module | None = None,
+    device: str = "auto",
+    on_step: StepCallback | None = None,
+) -> Nern:
+    """Prune or quantize the predictor of ``nern`` (which is left unchanged) and fine-tune the result.
+
+    Stages compose in any order (prune then quantize gives sparse quantized weights); the existing state is kept
+    fixed while the new one is learned.
+
+    Args:
+        nern: the representation to compress.
+        config: ``QuantizeConfig`` or ``PruneConfig``.
+        target_weights: conv weights to reconstruct, keyed like ``nern.layers`` (e.g. the original checkpoint);
+            None = the weights ``nern`` regenerates before compression, so a .nern alone suffices.
+        data: images for the KD phase (None = uniform noise, data-free); used only when ``config.kd_iters > 0``.
+        teacher: KD teacher; None = the network ``nern`` regenerates before compression.
+        device: auto | cpu | cuda[:N].
+        on_step: progress callback ``(step, total, metrics)`` over both fine-tuning phases.
+
+    Returns:
+        A new Nern whose predictor holds exactly the values its artifact stores, whose ``compression`` describes
+        the state, and whose history ends with a "quantize" or "prune" record (config, reconstruction error
+        ``before``, ``naive`` (compressed, not fine-tuned) and after, predictor bytes before and after).
 
     Raises:
-        ArtifactError: a missing, extra or mis-shaped parameter, or NaN/Inf values.
+        UsageError: an unknown config type, or target weights that do not match the represented layers.
+
+    Example:
+        >>> nern = compress(compress(nern, PruneConfig(sparsity=0.5)), QuantizeConfig(bits=8))
     """
-    if state:
-        raise ArtifactError(f"compression state {sorted(state)} is not supported by this version")
-    predictor = Predictor(config)
-    expected = predictor.state_dict()
-    for name, reference in expected.items():
-        key = f"predictor/{name}"
-        if name not in tensors:
-            raise ArtifactError(f"tensor {key!r} is missing")
-        value = tensors[name]
-        if value.dtype != torch.float32 or value.shape != reference.shape:
-            raise ArtifactError(
-                f"tensor {key!r} is {value.dtype} {tuple(value.shape)}, expected float32 {tuple(reference.shape)}"
+    if not isinstance(config, (QuantizeConfig, PruneConfig)):
+        raise UsageError(f"compress takes a QuantizeConfig or PruneConfig, got {type(config).__name__}")
+    torch_device = resolve_device(device)
+    if target_weights is None:
+        targets = expand_state_dict(nern, device="cpu")
+    else:
+        targets = _check_targets(nern, target_weights)
+    if config.kd_iters and teacher is None:
+        teacher = expand_model(nern, device="cpu")
+    result = _copy(nern)
+    before = reconstruction_error(result, targets)
+    bytes_before = predictor_bytes(result.predictor, result.compression)
+    if isinstance(config, QuantizeConfig):
+        stage, iters, details = "quantize", config.qat_iters, _apply_quantization(result, config)
+    else:
+        stage, iters, details = "prune", config.finetune_iters, _apply_pruning(result, config)
+    masks = _zero_masks(result.predictor) if "prune" in result.compression else None
+    rounded = copy.deepcopy(result.predictor)
+    _project_(rounded, result.compression, masks)
+    errors = {"naive": _rounded(reconstruction_error(dataclasses.replace(result, predictor=rounded), targets))}
+    finetune = bool(iters or config.kd_iters)
+    if isinstance(config, QuantizeConfig) and config.rounding == "gptq" and config.bits != "fp16":
+        _round_gptq_(result, masks, seed=config.seed)
+        errors["gptq"] = _rounded(reconstruction_error(result, targets))
+    elif not finetune:
+        result.predictor = rounded
+    metrics: dict[str, Any] = {}
+    if finetune:
+        # Fine-tuning starts from the float (or GPTQ-rounded) weights; parametrizations round them in every pass.
+        metrics = _finetune(result, config, iters, masks, targets, data, teacher, torch_device, on_step)
+        _project_(result.predictor, result.compression, masks)
+    result.compression = encode_predictor(result.predictor, result.compression)[1]
+    after = reconstruction_error(result, targets)
+    result.history.append(
+        {
+            "stage": stage,
+            "tool_version": __version__,
+            "config": config.to_dict(),
+            "device": torch_device.type,
+            "targets": "given" if target_weights is not None else "self",
+            "data": None if not config.kd_iters else ("noise" if data is None else data.source),
+            "steps": iters + config.kd_iters,
+            "lr": config.recon_lr(),
+            "kd_lr": config.distill_lr() if config.kd_iters else None,
+            **details,
+            **metrics,
+            "before": _rounded(before),
+            **errors,
+            **_rounded(after),
+            "predictor_bytes_before": bytes_before,
+            "predictor_bytes_after": predictor_bytes(result.predictor, result.compression),
+        }
+    )
+    return result
+
+
+def _rounded(errors: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 6) for key, value in errors.items()}
+
+
+def _copy(nern: Nern) -> Nern:
+    return dataclasses.replace(
+        nern,
+        predictor=copy.deepcopy(nern.predictor).cpu(),
+        raw=dict(nern.raw),
+        history=copy.deepcopy(nern.history),
+        compression=copy.deepcopy(nern.compression),
+    )
+
+
+def _check_targets(nern: Nern, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    for entry in nern.layers:
+        if entry.name not in weights:
+            raise UsageError(f"target weights lack the represented layer {entry.name!r}")
+        if tuple(weights[entry.name].shape) != entry.shape:
+            raise UsageError(
+                f"target weight {entry.name!r} has shape {tuple(weights[entry.name].shape)}, expected {entry.shape}"
             )
-        if not torch.isfinite(value).all():
-            raise ArtifactError(f"tensor {key!r} holds NaN or Inf")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise ArtifactError(f"unexpected tensor 'predictor/{extra[0]}'")
-    predictor.load_state_dict({k: tensors[k] for k in expected})
-    return predictor.eval()
+    return weights
+
+
+def _linears(predictor: nn.Module) -> dict[str, nn.Linear]:
+    """Every Linear of the predictor by module name (its weight is ``<name>.weight``), body first."""
+    return {name: module for name, module in predictor.named_modules() if isinstance(module, nn.Linear)}
+
+
+def _zero_masks(predictor: nn.Module) -> dict[str, Tensor]:
+    """The kept weights of an already pruned predictor: its non-zero weights."""
+    return {name: module.weight.detach().cpu() != 0 for name, module in _linears(predictor).items()}
+
+
+@torch.no_grad()
+def _project_(predictor: nn.Module, state: dict[str, Any], masks: dict[str, Tensor] | None) -> None:
+    """Set the predictor's parameters to the values the state stores: masked, then rounded."""
+    spec = state.get("quantize")
+    for name, module in _linears(predictor).items():
+        weight = module.weight.detach().cpu()
+        if masks is not None:
+            weight = weight * masks[name]
+        if spec is not None:
+            if spec["bits"] == "fp16":
+                weight = round_fp16(weight)
+            else:
+                weight = round_weight(weight, spec["bits"], spec["group_size"])
+        module.weight.copy_(weight)
+        if spec is not None and spec["bias_dtype"] == "float16":
+            module.bias.copy_(round_fp16(module.bias))
+
+
+@torch.no_grad()
+def _round_gptq_(nern: Nern, masks: dict[str, Tensor] | None, *, seed: int) -> None:
+    """Round every Linear of the predictor with ``gptq_weight``, first layer first, each on the inputs the
+    already rounded layers produce from a sample of the represented kernels' embeddings."""
+    spec = nern.compression["quantize"]
+    predictor = nern.predictor
+    if spec["bias_dtype"] == "float16":  # the next layer's inputs see the stored biases
+        for module in _linears(predictor).values():
+            module.bias.copy_(round_fp16(module.bias))
+    generator = torch.Generator().manual_seed(seed)
+    share = min(1.0, GPTQ_SAMPLES / sum(entry.num_kernels for entry in nern.layers))
+    inputs, sizes = [], []
+    for entry in nern.layers:
+        embeddings = nern.layer_embeddings(entry)
+        if share < 1.0:
+            count = max(1, round(share * entry.num_kernels))
+            embeddings = embeddings[torch.randperm(entry.num_kernels, generator=generator)[:count]]
+        inputs.append(embeddings)
+        sizes.append(torch.full((embeddings.shape[0],), entry.kernel_size))
+    x, kernel_sizes = torch.cat(inputs), torch.cat(sizes)
+
+    def round_linear(name: str, module: nn.Linear, features: Tensor) -> None:
+        mask = None if masks is None else masks[name]
+        weight = module.weight if mask is None else module.weight * mask
+        if features.shape[0]:  # a head without kernels to sample keeps nearest rounding
+            weight = gptq_weight(weight, features.T @ features, spec["bits"], spec["group_size"], mask=mask)
+        module.weight.copy_(round_weight(weight, spec["bits"], spec["group_size"]))
+
+    for name, module in _linears(predictor).items():
+        if name.startswith("body."):
+            round_linear(name, module, x)
+            x = torch.relu(module(x))
+    for size in predictor.config.kernel_sizes:
+        name = f"heads.{head_name(size)}"
+        round_linear(name, predictor.heads[head_name(size)], x[kernel_sizes == size])
+
+
+def _apply_quantization(nern: Nern, config: QuantizeConfig) -> dict[str, Any]:
+    nern.compression = {**nern.compression, "version": STATE_VERSION, "quantize": config.state()}
+    if config.raw_fp16:
+        nern.compression["raw_fp16"] = True
+        nern.raw = {key: _raw_fp16(key, value) for key, value in nern.raw.items()}
+    return {}
+
+
+def _raw_fp16(key: str, value: Tensor) -> Tensor:
+    if value.dtype != torch.float32:
+        return value
+    if value.numel() and float(value.abs().max()) > 65504.0:
+        raise UsageError(f"raw tensor {key!r} holds values beyond the float16 range: drop --raw-fp16")
+    return round_fp16(value)
+
+
+def _apply_pruning(nern: Nern, config: PruneConfig) -> dict[str, Any]:
+    if config.method == "structured":
+        widths_before = list(nern.predictor.config.layer_widths)
+        nern.predictor = _remove_hidden_units(nern.predictor, config.sparsity, config.scope)
+        record = {"sparsity": config.sparsity, "scope": config.scope, "widths_before": widths_before}
+        nern.compression = {**nern.compression, "version": STATE_VERSION, "structured": record}
+        return {"widths_before": widths_before, "widths_after": list(nern.predictor.config.layer_widths)}
+    masks = _magnitude_masks(nern.predictor, config.sparsity, config.scope)
+    with torch.no_grad():
+        for name, module in _linears(nern.predictor).items():
+            module.weight.mul_(masks[name])
+    nern.compression = {
+        **nern.compression, "version": STATE_VERSION, "prune": {"sparsity": config.sparsity, "scope": config.scope}
+    }
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    return {"achieved_sparsity": round(1.0 - kept / sum(mask.numel() for mask in masks.values()), 6)}
+
+
+def _top(scores: Tensor, keep: int) -> Tensor:
+    """Boolean mask of the ``keep`` largest scores (ties broken by position, so the result is reproducible)."""
+    order = torch.argsort(scores, descending=True, stable=True)[:keep]
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[order] = True
+    return mask
+
+
+def _magnitude_masks(predictor: nn.Module, sparsity: float, scope: str) -> dict[str, Tensor]:
+    """Which Linear weights survive magnitude pruning: bool masks shaped like the weights."""
+    weights = {name: module.weight.detach().cpu().abs() for name, module in _linears(predictor).items()}
+    if scope == "layer":
+        return {
+            name: _top(w.reshape(-1), round((1.0 - sparsity) * w.numel())).view_as(w) for name, w in weights.items()
+        }
+    flat = torch.cat([w.reshape(-1) for w in weights.values()])
+    kept = _top(flat, round((1.0 - sparsity) * flat.numel())).split([w.numel() for w in weights.values()])
+    return {name: mask.view_as(w) for (name, w), mask in zip(weights.items(), kept)}
+
+
+def _remove_hidden_units(predictor: Predictor, sparsity: float, scope: str) -> Predictor:
+    """A narrower predictor without the hidden units of smallest norm.
+
+    A unit's score is ||incoming weights and bias|| * ||outgoing weights||: ReLU lets a unit move scale between
+    the two, so only their product says how much the unit can contribute.
+    """
+    body = [module for module in predictor.body if isinstance(module, nn.Linear)]
+    heads = list(predictor.heads.values())
+    scores = []
+    with torch.no_grad():
+        for index, layer in enumerate(body):
+            incoming = torch.cat([layer.weight, layer.bias[:, None]], dim=1).norm(dim=1)
+            following = [body[index + 1].weight] if index + 1 < len(body) else [head.weight for head in heads]
+            scores.append(incoming * torch.cat(following).norm(dim=0))
+    if scope == "layer":
+        keep = [_top(s, max(1, round((1.0 - sparsity) * s.numel()))) for s in scores]
+    else:
+        total = sum(s.numel() for s in scores)
+        keep = list(_top(torch.cat(scores), max(1, round((1.0 - sparsity) * total))).split([s.numel() for s in scores]))
+        keep = [k if k.any() else _top(s, 1) for k, s in zip(keep, scores)]  # every layer keeps one unit
+    config = dataclasses.replace(predictor.config, widths=tuple(int(k.sum()) for k in keep))
+    smaller = Predictor(config)
+    new_body = [module for module in smaller.body if isinstance(module, nn.Linear)]
+    with torch.no_grad():
+        previous = torch.ones(config.input_dim, dtype=torch.bool)
+        for old, new, rows in zip(body, new_body, keep):
+            new.weight.copy_(old.weight[rows][:, previous])
+            new.bias.copy_(old.bias[rows])
+            previous = rows
+        for name, head in smaller.heads.items():
+            head.weight.copy_(predictor.heads[name].weight[:, previous])
+            head.bias.copy_(predictor.heads[name].bias)
+    return smaller.train(predictor.training)
+
+
+def _finetune(
+    nern: Nern,
+    config: QuantizeConfig | PruneConfig,
+    recon_iters: int,
+    masks: dict[str, Tensor] | None,
+    targets: dict[str, Tensor],
+    data: ImageData | None,
+    teacher: nn.Module | None,
+    device: torch.device,
+    on_step: StepCallback | None,
+) -> dict[str, Any]:
+    """Train the predictor through parametrizations that apply the compression state, then remove them."""
+    total = recon_iters + config.kd_iters
+    metrics: dict[str, Any] = {}
+    _parametrize_(nern.predictor, nern.compression, masks)
+    try:
+        if recon_iters:
+            fit_config = FitConfig(
+                iters=recon_iters, lr=config.recon_lr(), final_lr_ratio=0.01, batch_size=config.batch_size,
+                importance=config.importance, precision=config.precision, seed=config.seed,
+            )  # fmt: skip
+            nern.predictor.to(device)
+            result = train_reconstruction(nern, targets, fit_config, device=device, on_step=_offset(on_step, 0, total))
+            metrics["recon_final_loss"] = result["final_loss"]
+        if config.kd_iters:
+            distill_config = DistillConfig(
+                iters=config.kd_iters, lr=config.distill_lr(), batch_size=config.kd_batch_size, kd_weight=config.kd_weight,
+                recon_weight=config.recon_weight, precision=config.precision, seed=config.seed,
+            )  # fmt: skip
+            result = train_with_teacher(
+                nern, teacher, data, distill_config, device=device, target_weights=targets,
+                on_step=_offset(on_step, recon_iters, total),
+            )  # fmt: skip
+            metrics.update({f"kd_{key}": value for key, value in result.items()})
+    finally:
+        for module in _linears(nern.predictor).values():
+            for tensor_name in list(getattr(module, "parametrizations", {})):
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
+        # Removing a parametrization re-registers the parameter last; a fresh module keeps the canonical order.
+        trained = nern.predictor.cpu().state_dict()
+        nern.predictor = Predictor(nern.predictor.config).eval()
+        nern.predictor.load_state_dict(trained)
+    return metrics
+
+
+def _parametrize_(predictor: nn.Module, state: dict[str, Any], masks: dict[str, Tensor] | None) -> None:
+    spec = state.get("quantize")
+    for name, module in _linears(predictor).items():
+        if masks is not None:
+            parametrize.register_parametrization(module, "weight", FixedMask(masks[name]))
+        if spec is not None:
+            if spec["bits"] == "fp16":
+                parametrize.register_parametrization(module, "weight", FakeFP16())
+            else:
+                parametrize.register_parametrization(module, "weight", FakeQuantize(spec["bits"], spec["group_size"]))
+            if spec["bias_dtype"] == "float16":
+                parametrize.register_parametrization(module, "bias", FakeFP16())
+
+
+def _offset(on_step: StepCallback | None, start: int, total: int) -> StepCallback | None:
+    if on_step is None:
+        return None
+    return lambda step, _, metrics: on_step(start + step, total, metrics)

@@ -4,6 +4,9 @@ Linear(emb -> h) + ReLU, ``depth`` x [Linear(h -> h) + ReLU], then one output he
 size, Linear(h -> k*k). With one 3x3 head and depth 3 that is NeRN's predictor: 3h^2 + (emb + 13)h + 9
 parameters. A separate head per kernel size (rather than cropping 3x3 out of a larger output) keeps a 1x1
 kernel from paying for eight outputs it never uses.
+
+Structured pruning (``compression.py``) narrows each hidden layer by its own amount: ``widths`` then gives the
+output width of each body layer, and ``hidden`` keeps the width the predictor was fitted with.
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ class PredictorConfig:
 
     Attributes:
         input_dim: width of the embedding (``EmbeddingConfig.dim``).
-        hidden: width h of every hidden layer (``--hidden``).
+        hidden: width h of every hidden layer (``--hidden``); with ``widths`` set, the width it was fitted with.
         depth: number of hidden-to-hidden layers (NeRN: 3).
         kernel_sizes: one output head per kernel size k, producing k*k values.
+        widths: output width of each of the ``depth + 1`` body layers, or None for ``hidden`` everywhere (set by
+            structured pruning).
     """
 
     input_dim: int
     hidden: int = 180
     depth: int = 3
     kernel_sizes: tuple[int, ...] = field(default=(3,))
+    widths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.depth < 0 or self.input_dim < 1:
@@ -36,17 +42,32 @@ class PredictorConfig:
         if not self.kernel_sizes or any(k < 1 for k in self.kernel_sizes):
             raise ValueError(f"kernel_sizes must be positive, got {self.kernel_sizes}")
         object.__setattr__(self, "kernel_sizes", tuple(sorted(set(int(k) for k in self.kernel_sizes))))
+        if self.widths is not None:
+            widths = tuple(int(w) for w in self.widths)
+            if len(widths) != self.depth + 1 or any(w < 1 for w in widths):
+                raise ValueError(f"widths must be {self.depth + 1} positive ints, got {self.widths}")
+            object.__setattr__(self, "widths", widths)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        """Output width of each body layer: ``widths``, or ``hidden`` repeated ``depth + 1`` times."""
+        return self.widths if self.widths is not None else (self.hidden,) * (self.depth + 1)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.widths is None:
+            del data["widths"]  # uniform predictors keep the metadata they had before widths existed
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> PredictorConfig:
+        widths = data.get("widths")
         return cls(
             input_dim=int(data["input_dim"]),
             hidden=int(data["hidden"]),
             depth=int(data["depth"]),
             kernel_sizes=tuple(int(k) for k in data["kernel_sizes"]),
+            widths=None if widths is None else tuple(int(w) for w in widths),
         )
 
 
@@ -60,16 +81,16 @@ class Predictor(nn.Module):
     def __init__(self, config: PredictorConfig) -> None:
         super().__init__()
         self.config = config
-        layers: list[nn.Module] = [nn.Linear(config.input_dim, config.hidden), nn.ReLU()]
-        for _ in range(config.depth):
-            layers += [nn.Linear(config.hidden, config.hidden), nn.ReLU()]
+        layers: list[nn.Module] = []
+        width_in = config.input_dim
+        for width in config.layer_widths:
+            layers += [nn.Linear(width_in, width), nn.ReLU()]
+            width_in = width
         self.body = nn.Sequential(*layers)
-        self.heads = nn.ModuleDict(
-            {head_name(k): nn.Linear(config.hidden, k * k) for k in config.kernel_sizes}
-        )
+        self.heads = nn.ModuleDict({head_name(k): nn.Linear(width_in, k * k) for k in config.kernel_sizes})
 
     def features(self, embeddings: Tensor) -> Tensor:
-        """Hidden features, float32 (N, hidden), shared by all heads."""
+        """Hidden features, float32 (N, last body width), shared by all heads."""
         return self.body(embeddings)
 
     def head(self, features: Tensor, kernel_size: int) -> Tensor:

@@ -24,9 +24,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"output folder {folder} does not exist: create it first")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"output folder {folder} is not writable: choose another -o")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"output folder {folder} is not writable ({exc.strerror}): choose another -o") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -62,3 +63,25 @@ def check_output_path(output: PathLike, *inputs: PathLike | None) -> Path:
         if out.resolve() == src.resolve():
             raise UsageError(f"output {out} is the same file as input {src}: choose another -o")
     return out
+
+
+def check_writable_folder(path: PathLike) -> Path:
+    """Refuse, before any work, an output whose folder is missing or not writable.
+
+    Writability is probed by creating and deleting a temporary file, which also catches read-only file systems
+    and, unlike ``os.access``, does not answer "writable" to root for every folder.
+
+    Raises:
+        UsageError: naming the folder and the reason.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"output folder {folder} does not exist: create it first or choose another -o")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"output folder {folder} is not writable ({exc.strerror}): choose another -o") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return target

@@ -82,7 +82,9 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"{corrupt}: {_one_line(exc)}") from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 106" on a corrupt file: the error says it
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises anything from EOFError to IndexError on bad bytes
         found = _UNSUPPORTED_GLOBAL.search(str(exc))
         if found is None:
@@ -93,7 +95,9 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
                 f"which safe loading refuses: {_TRUST_HINT}, or re-save it with torch.save(model.state_dict(), path)"
             ) from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's weights_only=False FutureWarning: --trust-pickle is explicit
+            return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{corrupt}: {_one_line(exc)}") from exc
 

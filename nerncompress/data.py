@@ -124,6 +124,39 @@ class ImageData:
         return ImageData(self.images[index], self.labels[index], self.source)
 
 
+def concat_data(*datasets: ImageData) -> ImageData:
+    """Join datasets into one, in the order given (e.g. the lossless and the JPEG CIFAR training images).
+
+    Args:
+        datasets: one or more datasets whose images all have the same ``(H, W, C)``.
+
+    Returns:
+        One dataset; its ``source`` joins the sources with " + ". A single dataset is returned as is.
+
+    Raises:
+        UsageError: when no dataset is given.
+        DataError: when the image sizes differ, naming both sources.
+    """
+    if not datasets:
+        raise UsageError("concat_data needs at least one dataset")
+    if len(datasets) == 1:
+        return datasets[0]
+    first = datasets[0]
+    for other in datasets[1:]:
+        if other.images.shape[1:] != first.images.shape[1:]:
+            size = "x".join(str(int(v)) for v in other.images.shape[1:])
+            expected = "x".join(str(int(v)) for v in first.images.shape[1:])
+            raise DataError(
+                f"{other.source} holds {size} (HxWxC) images but {first.source} holds {expected}: "
+                "combine only datasets of one image size"
+            )
+    return ImageData(
+        images=torch.cat([d.images for d in datasets]),
+        labels=torch.cat([d.labels for d in datasets]),
+        source=" + ".join(d.source for d in datasets),
+    )
+
+
 # --------------------------------------------------------------------------------------------------- loading
 
 

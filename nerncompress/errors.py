@@ -36,3 +36,11 @@ class ExportCheckError(NernError):
 
 class AccuracyTargetMissed(NernError):
     """The artifact was written but its measured accuracy is below the requested target."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A training run stopped on SIGINT or SIGTERM after saving its progress (CLI exit code 130).
+
+    A ``KeyboardInterrupt``, so that code which does not know about it stops as on Ctrl-C. The message names the
+    resume file and says how to continue.
+    """

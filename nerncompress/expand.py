@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .devices import resolve_device
-from .errors import UsageError
-from .models.registry import build_model
+from .errors import ArtifactError, UsageError
+from .models.registry import TORCHVISION_PREFIX, build_model, get_arch, list_archs
 from .nern import Nern
 from .onnx_export import ExportReport, export_onnx
 from .safetensors_io import TensorSpec, save_safetensors
@@ -90,6 +90,40 @@ def tensor_specs(nern: Nern) -> list[TensorSpec]:
     return specs
 
 
+def check_shapes(nern: Nern) -> None:
+    """Refuse a Nern whose tensors do not fit its architecture (keys and shapes), before anything is written.
+
+    The architecture is built on the meta device (no memory, no weights). Architectures named ``pkg.module:function``
+    are not imported here, since importing runs the module's code; they are checked when the model is built.
+
+    Raises:
+        ArtifactError: naming the first key that is unknown to the architecture, missing, or of another shape.
+    """
+    name = nern.arch.name
+    if name not in list_archs() and not name.startswith(TORCHVISION_PREFIX):
+        return
+    try:
+        with torch.device("meta"):
+            reference = get_arch(nern.arch).state_dict()
+    except Exception as exc:  # noqa: BLE001 - the arch spec comes from the file: any failure means a bad spec
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ArtifactError(f"arch {name} {nern.arch.kwargs} of the .nern cannot be built: {detail}") from exc
+    specs = {key: shape for key, _, shape in tensor_specs(nern)}
+    for key, shape in specs.items():
+        if key not in reference:
+            raise ArtifactError(
+                f"tensor {key!r} is not part of arch {name} {nern.arch.kwargs}: the .nern is inconsistent"
+            )
+        if tuple(shape) != tuple(reference[key].shape):
+            raise ArtifactError(
+                f"tensor {key!r} has shape {tuple(shape)} in the .nern but {tuple(reference[key].shape)} in arch "
+                f"{name} {nern.arch.kwargs}: the .nern is inconsistent"
+            )
+    missing = [key for key in reference if key not in specs and not key.endswith("num_batches_tracked")]
+    if missing:
+        raise ArtifactError(f"the .nern lacks tensor {missing[0]!r} of arch {name}: the .nern is inconsistent")
+
+
 def fp32_reference_bytes(nern: Nern) -> int:
     """Bytes of the original weights saved as a plain fp32 safetensors state_dict (by the safetensors library
     itself, on zero tensors of the same keys, dtypes and shapes): the denominator of the file ratio."""
@@ -120,6 +154,9 @@ def export(
     """
     started = time.perf_counter()
     suffix = Path(path).suffix.lower()
+    if suffix not in (".safetensors", ".onnx"):
+        raise UsageError(f"output {path} must end in .safetensors or .onnx")
+    check_shapes(nern)
     if suffix == ".safetensors":
         specs = tensor_specs(nern)
         metadata = {"format": "pt", "arch": json.dumps(nern.arch.to_dict(), sort_keys=True)}

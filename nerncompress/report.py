@@ -37,6 +37,7 @@ __all__ = [
     "artifact_report",
     "checkpoint_report",
     "compare_results",
+    "distill_summary",
     "environment_report",
     "fit_summary",
     "is_nern_file",
@@ -198,6 +199,36 @@ def fit_summary(nern: Nern, path: PathLike, *, seconds: float) -> dict[str, Any]
         "raw_convs": dict(nern.raw_convs),
         "arch": nern.arch.to_dict(),
         "reconstruction": errors,
+    }
+
+
+def distill_summary(nern: Nern, path: PathLike, *, seconds: float) -> dict[str, Any]:
+    """The figures ``nerncompress distill`` prints once ``nern`` is saved at ``path``.
+
+    Returns:
+        ``path``, ``file_bytes``, ``file_ratio``, ``conv_ratio`` (as in :func:`artifact_report`), ``seconds``, and
+        from the last (distill) history record: ``steps``, ``selected_step`` (the step kept by holdout selection),
+        ``holdout_agreement`` (percent of held-out images where student and teacher agree; None without holdout),
+        ``final_loss``, ``device``, ``data`` and ``teacher`` (file, sha256, arch).
+    """
+    file_bytes = Path(path).stat().st_size
+    reference = fp32_reference_bytes(nern)
+    last = nern.history[-1] if nern.history else {}
+    return {
+        "path": str(path),
+        "file_bytes": file_bytes,
+        "fp32_reference_bytes": reference,
+        "file_ratio": file_bytes / reference,
+        "conv_ratio": nern.conv_ratio(),
+        "seconds": seconds,
+        "steps": last.get("steps"),
+        "selected_step": last.get("selected_step"),
+        "holdout_agreement": last.get("holdout_agreement"),
+        "final_loss": last.get("final_loss"),
+        "device": last.get("device"),
+        "data": last.get("data"),
+        "teacher": last.get("teacher", {}),
+        "arch": nern.arch.to_dict(),
     }
 
 

@@ -6,6 +6,7 @@ kernels, with Adam and a warmup + cosine schedule. No data needed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -28,6 +29,7 @@ from .models.registry import ArchSpec, build_model, get_arch, resolve_arch
 from .nern import Nern, filter_scales, normalised_kernels
 from .permutations import PERMUTATIONS, compute_positions
 from .predictor import PredictorConfig, build_predictor
+from .resume import Checkpointer, LoopState
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -289,6 +291,7 @@ def fit(
     on_step: StepCallback | None = None,
     source: dict | None = None,
     data: ImageData | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> Nern:
     """Fit a predictor that regenerates every represented conv kernel of ``state_dict``.
 
@@ -305,6 +308,8 @@ def fit(
         on_step: called as ``on_step(step, total, metrics)`` every few steps (progress reporting).
         source: provenance recorded in the artifact (file name, sha256...).
         data: training images for ``scheme="nern"``.
+        checkpointer: saves the loop's progress periodically and on SIGINT/SIGTERM, and resumes a saved run
+            (see ``resume.py``); None trains without snapshots.
 
     Returns:
         The fitted Nern; its history holds one ``fit`` record per round.
@@ -315,23 +320,35 @@ def fit(
     config = config or FitConfig()
     torch_device = resolve_device(device)
     nern = init_nern(state_dict, config, arch=arch, source=source)
+    first_round = 0
+    if checkpointer is not None:
+        settings = {"config": config.to_dict(), "arch": nern.arch.to_dict(), "source": nern.source}
+        saved = checkpointer.start("fit", {**settings, "data": None if data is None else data.source})
+        if saved is not None:  # continue the saved round, from the predictor that started it
+            first_round, nern.history = saved.round, saved.history
+            if saved.round_start is not None:
+                nern.predictor.load_state_dict(saved.round_start)
     nern.predictor.to(torch_device)
     targets = state_dict
-    for round_index in range(config.rounds):
+    for round_index in range(first_round, config.rounds):
         if round_index > 0:
             from .expand import expand_state_dict  # local: expand pulls in the ONNX exporter
 
             targets = expand_state_dict(nern, device=str(torch_device))
             nern.scales = _scales(targets, nern.layers, config.filter_scales)
             nern.predictor.to(torch_device)
+        if checkpointer is not None:
+            checkpointer.begin_round(round_index, nern.history, nern.predictor)
         if config.scheme == "nern" and round_index == 0:
             teacher = build_model(nern.arch, state_dict)
             metrics = train_with_teacher(
                 nern, teacher, data, config.joint_config(), device=torch_device, target_weights=state_dict,
-                on_step=on_step,
+                on_step=on_step, checkpointer=checkpointer,
             )  # fmt: skip
         else:
-            metrics = train_reconstruction(nern, targets, config, device=torch_device, on_step=on_step)
+            metrics = train_reconstruction(
+                nern, targets, config, device=torch_device, on_step=on_step, checkpointer=checkpointer
+            )
         nern.predictor.cpu()
         nern.history.append(
             {
@@ -358,6 +375,7 @@ def train_reconstruction(
     device: torch.device,
     on_step: StepCallback | None = None,
     log_every: int = 50,
+    checkpointer: Checkpointer | None = None,
 ) -> dict[str, float]:
     """The reconstruction loop: sample kernels, regress, step. Returns the final training loss."""
     groups = _kernel_groups(nern, weights, device, config.importance)
@@ -366,7 +384,8 @@ def train_reconstruction(
     optimizer = torch.optim.Adam(nern.predictor.parameters(), lr=config.lr)
     predictor = nern.predictor.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(config.precision, device))
-    for step in range(config.iters):
+    resumed = checkpointer.restore(predictor, optimizer, generator) if checkpointer is not None else None
+    for step in range(resumed.step if resumed is not None else 0, config.iters):
         lr = lr_at(step, total=config.iters, peak=config.lr, warmup=config.warmup, final_ratio=config.final_lr_ratio)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
@@ -393,6 +412,9 @@ def train_reconstruction(
         if on_step is not None and (step % log_every == 0 or step == config.iters - 1):
             loss_value = float(loss.detach())
             on_step(step + 1, config.iters, {"loss": loss_value, "rmse": math.sqrt(loss_value), "lr": lr})
+        if checkpointer is not None:  # last in the step: a snapshot sees the state an uninterrupted run goes on from
+            done = step + 1
+            checkpointer.step_done(done, config.iters, lambda: LoopState.capture(done, predictor, optimizer, generator))
     predictor.eval()
     return {"final_loss": float(loss.detach())}
 
@@ -409,7 +431,8 @@ class DistillConfig:
 
     Attributes:
         iters: optimisation steps.
-        lr: peak Adam learning rate. Distillation needs a small step: 2e-4 destroys a fitted predictor.
+        lr: peak Adam learning rate. Distillation needs a small step: on ResNet-20 3e-5 beat 1e-5 (93.6% vs
+            92.7% agreement after 300 steps), and 2e-4 is known to destroy a fitted predictor.
         warmup, final_lr_ratio: schedule (see ``lr_at``).
         batch_size: images per step.
         temperature: softening of both output distributions in the KL term.
@@ -426,7 +449,7 @@ class DistillConfig:
     """
 
     iters: int = 600
-    lr: float = 1e-5
+    lr: float = 3e-5
     warmup: float = 0.0
     final_lr_ratio: float = 0.1
     batch_size: int = 128
@@ -533,6 +556,7 @@ def train_with_teacher(
     target_weights: dict[str, Tensor] | None = None,
     on_step: StepCallback | None = None,
     log_every: int = 10,
+    checkpointer: Checkpointer | None = None,
 ) -> dict[str, Any]:
     """The teacher loop shared by ``distill`` (KD only) and ``fit --scheme nern`` (recon + KD + FMD).
 
@@ -560,12 +584,16 @@ def train_with_teacher(
     if holdout_x is not None:
         with torch.no_grad():
             teacher_holdout = torch.cat([teacher(holdout_x[i : i + 500]).argmax(1) for i in range(0, len(holdout_x), 500)])
-    best = {"step": 0, "holdout_agreement": None}
-    if teacher_holdout is not None:
-        best["holdout_agreement"] = _holdout_score(student, regenerate, holdout_x, teacher_holdout)
-    best_state = {k: v.detach().clone() for k, v in predictor.state_dict().items()}
+    resumed = checkpointer.restore(predictor, optimizer, generator) if checkpointer is not None else None
+    if resumed is not None:
+        best, best_state = resumed.best, resumed.best_predictor
+    else:
+        best = {"step": 0, "holdout_agreement": None}
+        if teacher_holdout is not None:
+            best["holdout_agreement"] = _holdout_score(student, regenerate, holdout_x, teacher_holdout)
+        best_state = {k: v.detach().clone() for k, v in predictor.state_dict().items()}
     metrics: dict[str, float] = {}
-    for step in range(config.iters):
+    for step in range(resumed.step if resumed is not None else 0, config.iters):
         lr = lr_at(step, total=config.iters, peak=config.lr, warmup=config.warmup, final_ratio=config.final_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -600,6 +628,11 @@ def train_with_teacher(
             if score >= best["holdout_agreement"]:
                 best = {"step": done, "holdout_agreement": score}
                 best_state = {k: v.detach().clone() for k, v in predictor.state_dict().items()}
+        if checkpointer is not None:  # last in the step: a snapshot sees the state an uninterrupted run goes on from
+            checkpointer.step_done(
+                done, config.iters,
+                lambda: LoopState.capture(done, predictor, optimizer, generator, best=best, best_predictor=best_state),
+            )  # fmt: skip
     if teacher_holdout is not None:
         predictor.load_state_dict(best_state)
     else:
@@ -632,6 +665,7 @@ def distill(
     device: str = "auto",
     on_step: StepCallback | None = None,
     teacher_source: dict | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> Nern:
     """Decoupled distillation: fine-tune the predictor so the regenerated network matches a teacher's outputs.
 
@@ -643,15 +677,30 @@ def distill(
         device: auto | cpu | cuda[:N].
         on_step: progress callback ``(step, total, metrics)``.
         teacher_source: provenance of the teacher recorded in the history.
+        checkpointer: saves the loop's progress periodically and on SIGINT/SIGTERM, and resumes a saved run
+            (see ``resume.py``); None trains without snapshots.
 
     Returns:
         The same Nern, its history extended by a ``distill`` record.
     """
     config = config or DistillConfig()
     torch_device = resolve_device(device)
-    _check_teacher(nern, teacher)
+    check_teacher(nern, teacher)
     torch.manual_seed(config.seed)
-    result = train_with_teacher(nern, teacher, data, config, device=torch_device, on_step=on_step)
+    if checkpointer is not None:
+        checkpointer.start(
+            "distill",
+            {
+                "config": config.to_dict(),
+                "student": predictor_digest(nern),
+                "teacher": dict(teacher_source or {}),
+                "data": "noise" if data is None else data.source,
+            },
+        )
+        checkpointer.begin_round(0, nern.history, None)
+    result = train_with_teacher(
+        nern, teacher, data, config, device=torch_device, on_step=on_step, checkpointer=checkpointer
+    )
     nern.history.append(
         {
             "stage": "distill",
@@ -668,8 +717,21 @@ def distill(
     return nern
 
 
-def _check_teacher(nern: Nern, teacher: nn.Module) -> None:
-    """The teacher must produce as many classes as the student."""
+def predictor_digest(nern: Nern) -> str:
+    """sha256 of the predictor's parameters: identifies the starting point of a distillation."""
+    digest = hashlib.sha256()
+    for key, value in nern.predictor.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_teacher(nern: Nern, teacher: nn.Module) -> None:
+    """The teacher must take the student's inputs and produce as many classes.
+
+    Raises:
+        UsageError: naming both class counts.
+    """
     student_classes = nern.arch.kwargs.get("num_classes")
     probe = torch.zeros((1, *nern.arch.input_shape))
     try:

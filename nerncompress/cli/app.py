@@ -4,7 +4,7 @@ Commands do no maths: numbers come from the library (``training``, ``expand``, `
 builders of ``report.py``; ``output.py`` renders them. Errors raised by the library are mapped to exit codes by
 ``NernGroup`` (see ``output.EXIT_CODES``).
 
-Adding a command (``distill``, ``prune``, ``quantize`` will follow): write one function decorated with
+Adding a command (``prune``, ``quantize`` will follow): write one function decorated with
 ``@app.command("name", epilog=...)`` in the "Compression stages" section below, with its options taken from
 ``options.py`` (add any shared alias there), call the library, build the result dict in ``report.py`` if it needs
 figures, and hand it to ``Output.result`` with a renderer from ``output.py``.
@@ -12,48 +12,65 @@ figures, and hand it to ``Output.result`` with a renderer from ``output.py``.
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from torch import nn
 from typer.core import TyperGroup
 
 from .. import __version__, training
-from .._io import check_output_path
+from .._io import check_output_path, check_writable_folder, sha256_file
 from ..artifact import load_artifact, save_artifact
 from ..checkpoint import check_finite, load_checkpoint, normalize_state_dict
-from ..data import load_data, preset_stats
+from ..data import ImageData, concat_data, load_data, preset_stats, to_float
 from ..demo import DEMO_FIT, DEMO_TRAIN_EPOCHS, run_demo
 from ..errors import UsageError
 from ..evaluation import evaluate
-from ..expand import expand_model, export
+from ..expand import check_shapes, expand_model, export
 from ..models.registry import ArchSpec, build_model, resolve_arch
+from ..nern import Nern
 from ..report import (
     artifact_report,
     checkpoint_report,
     compare_results,
+    distill_summary,
     environment_report,
     fit_summary,
     is_nern_file,
     source_provenance,
 )
+from ..resume import Checkpointer, resume_path
 from . import output
 from .options import (
+    CHECKPOINT_EVERY_DEFAULT,
+    DISTILL_DEFAULTS,
     FIT_DEFAULTS,
     OUTPUT,
     TRAINING,
     ArchOpt,
     BaseOpt,
     CheckpointArg,
+    CheckpointEveryOpt,
     CompareOpt,
     DataOpt,
+    DataSplitOpt,
     DeviceOpt,
+    DistillDataOpt,
+    EvalEveryOpt,
+    FitDataOpt,
+    FmdWeightOpt,
     HiddenOpt,
+    HoldoutOpt,
     ImageBatchOpt,
+    ImageStepBatchOpt,
     ItersOpt,
     JsonOpt,
+    KdWeightOpt,
     KernelBatchOpt,
     LevelsOpt,
     LrOpt,
@@ -65,20 +82,56 @@ from .options import (
     PermuteOpt,
     PresetOpt,
     RequiredOutputOpt,
+    ResumeOpt,
+    RoundsOpt,
     RunDeviceOpt,
+    RunThreadsOpt,
+    Scheme,
+    SchemeOpt,
     SeedOpt,
     SplitOpt,
+    TeacherArchOpt,
+    TeacherOpt,
+    TemperatureOpt,
+    ThreadsOpt,
     TrustPickleOpt,
     VerifyOpt,
 )
+
+try:  # typer >= 0.20 vendors click as typer._click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on real click
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 
 class NernGroup(TyperGroup):
     """The command group; maps exceptions raised by a command to ``Error: ...`` and an exit code.
 
     Mapping here rather than only in ``main()`` makes ``typer.testing.CliRunner`` see the same exit codes and
-    messages as a real process.
+    messages as a real process. ``main`` runs click without its standalone mode so that parsing errors (unknown
+    option, bad value, missing argument) print one ``Error:`` line too, instead of a usage block and a boxed panel.
     """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            sys.exit(exc.exit_code)  # the help is already printed
+        except click_exceptions.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            sys.exit(output.report_usage_error(exc, ctx.command_path if ctx is not None else None))
+        except click_exceptions.Abort:
+            sys.exit(output.report_error(KeyboardInterrupt()))
+        sys.exit(code if isinstance(code, int) else output.EXIT_OK)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -89,12 +142,19 @@ class NernGroup(TyperGroup):
             raise typer.Exit(output.report_error(exc)) from exc
 
 
+def _root_epilog() -> str:
+    codes = "\n".join(f"* **{code}**: {meaning}" for code, meaning in output.EXIT_CODE_DOCS)
+    return (
+        "Results go to stdout (--json: exactly one JSON document), progress and logs to stderr (plain lines when "
+        "stderr is not a terminal). NO_COLOR turns colours off. Errors are one line 'Error: ...' on stderr; set "
+        f"{output.DEBUG_ENV}=1 for the traceback.\n\nExit codes:\n\n{codes}"
+    )
+
+
 app = typer.Typer(
     name="nerncompress",
     cls=NernGroup,
-    epilog="Results go to stdout (--json for one JSON document), progress and logs to stderr. "
-    "Exit codes: 0 ok, 1 error, 2 usage error, 3 accuracy target missed, 4 export check failed. "
-    "Set NERNCOMPRESS_DEBUG=1 for tracebacks.",
+    epilog=_root_epilog(),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="markdown",  # reflows docstring paragraphs written over several source lines
@@ -124,13 +184,56 @@ def _examples(*lines: str) -> str:
     return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
 
 
-def _check_output(target: Path, *inputs: Path | None) -> Path:
-    """Refuse, before any work, an output over an input or in a folder that does not exist."""
+def _check_output(target: Path, *inputs: Path | str | None) -> Path:
+    """Refuse, before any work, an output over an input, a folder as output, or a missing or unwritable folder."""
     check_output_path(target, *inputs)
-    folder = target.parent
-    if not folder.is_dir():
-        raise UsageError(f"output folder {folder} does not exist: create it first or choose another -o")
-    return target
+    if target.is_dir():
+        raise UsageError(f"output {target} is a folder: give a file name with -o")
+    return check_writable_folder(target)
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU threads for this run (None leaves torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _load_datasets(specs: Sequence[str], split: str) -> ImageData | None:
+    """The ``--data`` values, concatenated in order; None for ``noise`` (data-free)."""
+    if "noise" in specs:
+        if len(specs) > 1:
+            raise UsageError("--data noise (data-free) cannot be combined with datasets: give one or the other")
+        return None
+    return concat_data(*(load_data(spec, split=split) for spec in specs))
+
+
+def _checkpointer(
+    target: Path, *, resume: bool, every: int, out: output.Output, identity: dict | None = None
+) -> Checkpointer:
+    """Snapshots of the run in ``<output>.resume``: every ``every`` steps (and 60 s), and on Ctrl-C/SIGTERM."""
+    path = resume_path(target)
+    if resume and not path.is_file():
+        raise UsageError(f"--resume: no resume file {path}: nothing to continue, run without --resume")
+    if not resume and path.is_file():
+        out.log(f"note: {path} holds an interrupted run; pass --resume to continue it (this run starts afresh)")
+    return Checkpointer(
+        path, resume=resume, every_steps=every, every_seconds=60.0 if every else 0.0, identity=identity, log=out.log
+    )
+
+
+def _check_images(model: nn.Module, data: ImageData | None, preset: str) -> None:
+    """The teacher must take the ``--data`` images (channels, size) before any training starts."""
+    if data is None:
+        return
+    mean, std = preset_stats(preset)
+    try:
+        with torch.no_grad():
+            model.eval()(to_float(data.images[:1], mean=mean, std=std))
+    except (RuntimeError, UsageError) as exc:
+        c, h, w = data.image_shape
+        detail = " ".join(str(exc).split())[:200]
+        images = f"{c}x{h}x{w}, from {data.source}"
+        raise UsageError(f"the model cannot take the --data images ({images}): {detail}") from exc
 
 
 def _load_weights(path: Path, *, trust_pickle: bool) -> dict:
@@ -143,6 +246,7 @@ def _load_model(path: Path, *, arch: str | None, trust_pickle: bool, device: str
     """A checkpoint (architecture from ``--arch`` or detected) or a ``.nern`` (expanded in memory)."""
     if is_nern_file(path):
         nern = load_artifact(path)
+        check_shapes(nern)
         return expand_model(nern, device=device), nern.arch
     state_dict = _load_weights(path, trust_pickle=trust_pickle)
     spec = resolve_arch(arch, state_dict)
@@ -156,6 +260,8 @@ def _load_model(path: Path, *, arch: str | None, trust_pickle: bool, device: str
         "nerncompress fit resnet56.pt --hidden 280",
         "nerncompress fit resnet20.th --iters 4000 --device cuda -o resnet20-h180.nern",
         "nerncompress fit model.safetensors --arch torchvision:resnet18 --hidden 1256 --json",
+        "nerncompress fit resnet20.th --scheme nern --data cifar-10-batches-py --rounds 2",
+        "nerncompress fit resnet56.pt --hidden 280 --resume    # after Ctrl-C: continue the same run",
     ),
 )
 def fit_command(
@@ -168,37 +274,136 @@ def fit_command(
     iters: ItersOpt = FIT_DEFAULTS.iters,
     lr: LrOpt = FIT_DEFAULTS.lr,
     batch_size: KernelBatchOpt = FIT_DEFAULTS.batch_size,
+    scheme: SchemeOpt = Scheme(FIT_DEFAULTS.scheme),
+    rounds: RoundsOpt = FIT_DEFAULTS.rounds,
+    kd_weight: KdWeightOpt = FIT_DEFAULTS.kd_weight,
+    fmd_weight: FmdWeightOpt = FIT_DEFAULTS.fmd_weight,
+    data: FitDataOpt = None,
+    split: DataSplitOpt = "train",
     seed: SeedOpt = FIT_DEFAULTS.seed,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     output_path: OutputOpt = None,
+    resume: ResumeOpt = False,
+    checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY_DEFAULT,
     trust_pickle: TrustPickleOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Fit a predictor that regenerates the checkpoint's conv kernels; write it as a .nern artifact.
 
     The architecture is detected from the checkpoint unless --arch names it. The default output is the
-    checkpoint's name with the suffix .nern, in the current folder.
+    checkpoint's name with the suffix .nern, in the current folder. Ctrl-C or SIGTERM saves the progress to
+    OUTPUT.resume and exits 130; the same command with --resume continues it.
     """
     out = output.Output(json_output)
-    target = _check_output(output_path or Path(checkpoint.name).with_suffix(".nern"), checkpoint)
+    _set_threads(threads)
+    target = _check_output(output_path or Path(checkpoint.name).with_suffix(".nern"), checkpoint, *(data or []))
     config = training.FitConfig(
         hidden=hidden, levels=levels, base=base, permute=permute.value, iters=iters, lr=lr,
-        batch_size=batch_size, seed=seed,
+        batch_size=batch_size, scheme=scheme.value, rounds=rounds, kd_weight=kd_weight, fmd_weight=fmd_weight,
+        seed=seed,
     )  # fmt: skip
+    if data and config.scheme != "nern":
+        raise UsageError("--data is used by --scheme nern only: add --scheme nern or drop --data")
     state_dict = _load_weights(checkpoint, trust_pickle=trust_pickle)
+    spec = resolve_arch(arch, state_dict)
+    model = build_model(spec, state_dict)  # keys and shapes fit the architecture: fail now, not after the log
+    dataset = _load_datasets(data, split) if data else None
+    if config.scheme == "nern":
+        _check_images(model, dataset, spec.preset)
     source = source_provenance(checkpoint, state_dict)
-    out.log(f"fitting {checkpoint} ({source['tensors']} tensors) -> {target}")
+    checkpointer = _checkpointer(target, resume=resume, every=checkpoint_every, out=out)
+    out.log(f"fitting {checkpoint} ({source['tensors']} tensors, {spec.name}) -> {target}")
     started = time.perf_counter()
-    with out.progress("fit") as on_step:
-        nern = training.fit(state_dict, config, arch=arch, device=device, on_step=on_step, source=source)
+    with out.progress("fit") as on_step, checkpointer.signals():
+        nern = training.fit(
+            state_dict, config, arch=spec, device=device, on_step=on_step, source=source, data=dataset,
+            checkpointer=checkpointer,
+        )  # fmt: skip
     seconds = time.perf_counter() - started
     save_artifact(nern, target)
+    checkpointer.discard()
     out.result(fit_summary(nern, target, seconds=seconds), output.render_fit)
 
 
 # ---------------------------------------------------------------------------------------- compression stages
-# distill, prune and quantize go here: each takes a .nern (NernArg), writes a .nern (OutputOpt), and renders a
-# summary dict built in report.py.
+# distill, prune and quantize: each takes a .nern (NernArg), writes a .nern (OutputOpt), and renders a summary
+# dict built in report.py.
+
+
+@app.command(
+    "distill",
+    epilog=_examples(
+        "nerncompress distill resnet20.nern --teacher resnet20.th --data cifar-10-batches-py",
+        "nerncompress distill resnet20.nern --teacher resnet20.th --data cifar2k.npz --data cifar5k-jpeg.npz "
+        "--iters 600 -o resnet20-kd.nern",
+        "nerncompress distill resnet20.nern --teacher resnet20.th --data noise --json",
+    ),
+)
+def distill_command(
+    nern_path: NernArg,
+    teacher: TeacherOpt = None,  # type: ignore[assignment] - required, checked below with a clearer message
+    data: DistillDataOpt = None,  # type: ignore[assignment]
+    split: DataSplitOpt = "train",
+    teacher_arch: TeacherArchOpt = None,
+    iters: ItersOpt = DISTILL_DEFAULTS.iters,
+    lr: LrOpt = DISTILL_DEFAULTS.lr,
+    batch_size: ImageStepBatchOpt = DISTILL_DEFAULTS.batch_size,
+    temperature: TemperatureOpt = DISTILL_DEFAULTS.temperature,
+    holdout: HoldoutOpt = DISTILL_DEFAULTS.holdout,
+    eval_every: EvalEveryOpt = DISTILL_DEFAULTS.eval_every,
+    seed: SeedOpt = DISTILL_DEFAULTS.seed,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    output_path: OutputOpt = None,
+    resume: ResumeOpt = False,
+    checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY_DEFAULT,
+    trust_pickle: TrustPickleOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Fine-tune a .nern's predictor so that the regenerated network matches a teacher's outputs (KD).
+
+    A .nern does not store the original network: pass it (or a stronger model of the same task, with the same
+    classes) as --teacher. --data may be repeated to combine datasets; --data noise distills without data. A share
+    of the images (--holdout) is held out to keep the step that agrees best with the teacher. The default output,
+    in the current folder, is the input's name with the suffix .distilled.nern (model.nern: model.distilled.nern).
+    Ctrl-C or SIGTERM saves the progress to OUTPUT.resume and exits 130; the same command with --resume continues it.
+    """
+    out = output.Output(json_output)
+    _set_threads(threads)
+    if teacher is None:
+        raise UsageError(
+            "distill needs --teacher CHECKPOINT: a .nern does not store the original network; pass it, or a "
+            "stronger model of the same task"
+        )
+    if not data:
+        raise UsageError("distill needs --data SPEC (repeatable), or --data noise for data-free distillation")
+    target = _check_output(output_path or Path(f"{nern_path.stem}.distilled.nern"), nern_path, teacher, *data)
+    config = training.DistillConfig(
+        iters=iters, lr=lr, batch_size=batch_size, temperature=temperature, holdout=holdout, eval_every=eval_every,
+        seed=seed,
+    )  # fmt: skip
+    nern = load_artifact(nern_path)
+    teacher_model, teacher_spec = _load_model(teacher, arch=teacher_arch, trust_pickle=trust_pickle, device="cpu")
+    training.check_teacher(nern, teacher_model)
+    dataset = _load_datasets(data, split)
+    _check_images(teacher_model, dataset, nern.arch.preset)
+    teacher_source = {**source_provenance(teacher, teacher_model.state_dict()), "arch": teacher_spec.name}
+    checkpointer = _checkpointer(
+        target, resume=resume, every=checkpoint_every, out=out, identity={"input_sha256": sha256_file(nern_path)}
+    )
+    images = "noise" if dataset is None else f"{dataset.source} ({len(dataset)} images)"
+    out.log(f"distilling {nern_path} from teacher {teacher} on {images} -> {target}")
+    started = time.perf_counter()
+    with out.progress("distill") as on_step, checkpointer.signals():
+        nern = training.distill(
+            nern, teacher_model, dataset, config, device=device, on_step=on_step, teacher_source=teacher_source,
+            checkpointer=checkpointer,
+        )  # fmt: skip
+    seconds = time.perf_counter() - started
+    save_artifact(nern, target)
+    checkpointer.discard()
+    out.result(distill_summary(nern, target, seconds=seconds), output.render_distill)
 
 
 # ---------------------------------------------------------------------------------------------------- expand
@@ -216,6 +421,7 @@ def expand_command(
     device: RunDeviceOpt = "auto",
     opset: OpsetOpt = 18,
     verify: VerifyOpt = True,
+    threads: RunThreadsOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Regenerate the weights of a .nern into a plain .safetensors state_dict or a verified .onnx model.
@@ -224,8 +430,12 @@ def expand_command(
     is written and the exit code is 4.
     """
     out = output.Output(json_output)
+    _set_threads(threads)
+    if output_path.suffix.lower() not in (".safetensors", ".onnx"):
+        raise UsageError(f"output {output_path} must end in .safetensors or .onnx")
     _check_output(output_path, nern_path)
     nern = load_artifact(nern_path)
+    check_shapes(nern)
     out.log(f"expanding {nern_path} -> {output_path}")
     report = export(nern, output_path, device=device, opset=opset, verify=verify)
     out.result(report.to_dict(), output.render_expand)
@@ -249,6 +459,7 @@ def eval_command(
     compare: CompareOpt = None,
     device: RunDeviceOpt = "auto",
     batch_size: ImageBatchOpt = 500,
+    threads: RunThreadsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -258,6 +469,7 @@ def eval_command(
     model is evaluated on the same images: their agreement and the paired top-1 difference are reported.
     """
     out = output.Output(json_output)
+    _set_threads(threads)
     dataset = load_data(data, split=split)
     model, spec = _load_model(model_path, arch=arch, trust_pickle=trust_pickle, device=device)
     preset_name = preset or spec.preset

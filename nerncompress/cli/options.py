@@ -16,16 +16,19 @@ import typer
 from ..devices import resolve_device
 from ..errors import UsageError
 from ..permutations import PERMUTATIONS
-from ..training import FitConfig
+from ..resume import DEFAULT_EVERY_SECONDS, DEFAULT_EVERY_STEPS
+from ..training import SCHEMES, DistillConfig, FitConfig
 
 PREDICTOR = "Predictor"
 TRAINING = "Training"
 OUTPUT = "Output"
 
 FIT_DEFAULTS = FitConfig()
+DISTILL_DEFAULTS = DistillConfig()
 
 # Built from the engine's list so that a new permutation shows up in --help without touching the CLI.
 Permute = Enum("Permute", {name: name for name in PERMUTATIONS}, type=str)  # type: ignore[misc]
+Scheme = Enum("Scheme", {name: name for name in SCHEMES}, type=str)  # type: ignore[misc]
 
 
 def _check_device(value: str) -> str:
@@ -81,6 +84,36 @@ TrustPickleOpt = Annotated[
     ),
 ]
 
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="Torch CPU threads. Default: torch's own choice.", rich_help_panel=TRAINING),
+]
+RunThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="Torch CPU threads. Default: torch's own choice.")
+]
+
+# ------------------------------------------------------------------------------------ interrupted runs (resume)
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the run saved in OUTPUT.resume by an interruption (Ctrl-C, SIGTERM) or a periodic save. "
+        "Same command, same options: the result has the same bytes as an uninterrupted run.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+CheckpointEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--checkpoint-every",
+        min=0,
+        help=f"Save progress to OUTPUT.resume every N steps and every {DEFAULT_EVERY_SECONDS:.0f} s "
+        "(0: only on Ctrl-C/SIGTERM). Deleted once the output is written.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+CHECKPOINT_EVERY_DEFAULT = DEFAULT_EVERY_STEPS
+
 # -------------------------------------------------------------------------------------------------- arguments
 CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint: .pt/.pth/.th/.bin (state_dict) or .safetensors.")]
 NernArg = Annotated[Path, typer.Argument(help="A .nern artifact.")]
@@ -104,6 +137,89 @@ ItersOpt = Annotated[int, typer.Option("--iters", min=1, help="Optimisation step
 LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (Adam).", rich_help_panel=TRAINING)]
 KernelBatchOpt = Annotated[
     int, typer.Option("--batch-size", min=1, help="Kernels per optimisation step.", rich_help_panel=TRAINING)
+]
+SchemeOpt = Annotated[
+    Scheme,
+    typer.Option(
+        "--scheme",
+        help="recon: reconstruct the kernels (no data). nern: NeRN's joint reconstruction + KD + feature-map "
+        "objective against the original network, on --data (noise when absent).",
+        rich_help_panel=TRAINING,
+    ),
+]
+RoundsOpt = Annotated[
+    int,
+    typer.Option(
+        "--rounds", min=1, help="Progressive reconstruction rounds (each refits the previous round's weights).",
+        rich_help_panel=TRAINING,
+    ),
+]
+KdWeightOpt = Annotated[
+    float, typer.Option("--kd-weight", min=0.0, help="KD loss weight (--scheme nern).", rich_help_panel=TRAINING)
+]
+FmdWeightOpt = Annotated[
+    float,
+    typer.Option("--fmd-weight", min=0.0, help="Feature-map loss weight (--scheme nern).", rich_help_panel=TRAINING),
+]
+FitDataOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data",
+        help="Training images for --scheme nern (repeat to combine datasets; 'noise' for data-free).",
+        rich_help_panel=TRAINING,
+    ),
+]
+DataSplitOpt = Annotated[
+    str,
+    typer.Option(
+        "--split", help="Split of each --data: train or test (CIFAR folders, digits).", rich_help_panel=TRAINING
+    ),
+]
+
+# ----------------------------------------------------------------------------------------------------- distill
+TeacherOpt = Annotated[
+    Path,
+    typer.Option(
+        "--teacher",
+        help="The teacher: the original network's checkpoint (a .nern does not store it), or a stronger model of the "
+        "same task (a checkpoint or a .nern).",
+        rich_help_panel=TRAINING,
+    ),
+]
+TeacherArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--teacher-arch", help="Architecture of a checkpoint teacher. Default: detected.", rich_help_panel=TRAINING
+    ),
+]
+DistillDataOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--data",
+        help="Training images (repeat to combine datasets, e.g. the lossless and the JPEG CIFAR training images), "
+        "or 'noise' for data-free distillation.",
+        rich_help_panel=TRAINING,
+    ),
+]
+ImageStepBatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Images per optimisation step.", rich_help_panel=TRAINING)
+]
+TemperatureOpt = Annotated[
+    float, typer.Option("--temperature", help="Softening of both output distributions in KD.", rich_help_panel=TRAINING)
+]
+HoldoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--holdout",
+        help="Share of the training images held out to select the best step (0: keep the last step).",
+        rich_help_panel=TRAINING,
+    ),
+]
+EvalEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--eval-every", min=0, help="Steps between holdout evaluations (0: only at the end).", rich_help_panel=TRAINING
+    ),
 ]
 
 # ---------------------------------------------------------------------------------------------- eval and export

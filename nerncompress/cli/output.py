@@ -42,6 +42,20 @@ EXIT_ACCURACY_TARGET_MISSED = 3
 EXIT_EXPORT_CHECK_FAILED = 4
 EXIT_INTERRUPTED = 130
 
+# What each exit code means, for --help and the README.
+EXIT_CODE_DOCS: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success"),
+    (EXIT_ERROR, "error: a missing, unreadable, corrupt or inconsistent input (checkpoint, .nern, dataset), an "
+                 "undetectable architecture, NaN/Inf weights, or an unexpected failure"),
+    (EXIT_USAGE, "usage error: unknown option or value, missing argument, unavailable --device, -o equal to an "
+                 "input, missing or unwritable output folder, a teacher of another task, a --resume that does not "
+                 "match"),
+    (EXIT_ACCURACY_TARGET_MISSED, "accuracy target missed (the artifact is still written)"),
+    (EXIT_EXPORT_CHECK_FAILED, "export check failed (ONNX differs from PyTorch; nothing written)"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C or SIGTERM); fit and distill save their progress first: "
+                       "rerun with --resume"),
+)
+
 # Checked in order, first match wins: subclasses before NernError.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (UsageError, EXIT_USAGE),
@@ -75,7 +89,8 @@ def exit_code_for(exc: BaseException) -> int:
 def error_message(exc: BaseException) -> str:
     """One line describing ``exc``; unexpected exception types are named, with a hint to get the traceback."""
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
+        detail = " ".join(str(exc).split())
+        return detail if detail.startswith("interrupted") else f"interrupted{': ' + detail if detail else ''}"
     text = " ".join(str(exc).split())
     if isinstance(exc, NernError):
         return text or type(exc).__name__
@@ -91,6 +106,18 @@ def report_error(exc: BaseException) -> int:
     sys.stderr.write(f"Error: {error_message(exc)}\n")
     sys.stderr.flush()
     return exit_code_for(exc)
+
+
+def report_usage_error(exc: Exception, command_path: str | None = None) -> int:
+    """Print a command-line parsing error (unknown option, bad value, missing argument) as one line; exit 2.
+
+    Click would print the usage line, a hint and a boxed message; a CI log wants one line, with the hint in it.
+    """
+    message = " ".join(str(getattr(exc, "format_message", lambda: str(exc))()).split()) or type(exc).__name__
+    hint = f" (see '{command_path} --help')" if command_path else ""
+    sys.stderr.write(f"Error: {message}{hint}\n")
+    sys.stderr.flush()
+    return int(getattr(exc, "exit_code", EXIT_USAGE))
 
 
 # ----------------------------------------------------------------------------------------------------- output
@@ -177,7 +204,8 @@ class Output:
             if tenth in logged or "loss" not in metrics:
                 return
             logged.add(tenth)
-            self.log(f"{description}: step {step}/{total} loss {metrics['loss']:.4g} rmse {metrics.get('rmse', 0):.4g}")
+            figures = " ".join(f"{key} {metrics[key]:.4g}" for key in ("loss", "rmse", "kd") if key in metrics)
+            self.log(f"{description}: step {step}/{total} {figures}")
 
         return on_step
 
@@ -238,6 +266,24 @@ def render_fit(console: Console, data: Mapping[str, Any]) -> None:
         rows.append(("reconstruction RMSE", f"{errors['rmse']:.4g} ({percent(errors.get('relative_rmse'))} of the "
                                             "weights' std)"))
     console.print(key_value_table("fit", rows))
+
+
+def render_distill(console: Console, data: Mapping[str, Any]) -> None:
+    """Summary of ``nerncompress distill``."""
+    teacher = data.get("teacher") or {}
+    agreement = data.get("holdout_agreement")
+    rows = [
+        ("artifact", data["path"]),
+        ("size", human_bytes(data["file_bytes"])),
+        ("file ratio", f"{percent(data['file_ratio'])}  (.nern bytes / fp32 safetensors bytes)"),
+        ("teacher", f"{teacher.get('file', '-')} ({teacher.get('arch', '-')})"),
+        ("data", data.get("data")),
+        ("kept step", f"{data.get('selected_step')} of {data.get('steps')}"),
+        ("holdout agreement", "- (no holdout)" if agreement is None else f"{agreement:.2f}% with the teacher"),
+        ("final loss", _number(data.get("final_loss"))),
+        ("distill time", f"{data['seconds']:.1f} s on {data.get('device')}"),
+    ]
+    console.print(key_value_table("distill", rows))
 
 
 def render_expand(console: Console, data: Mapping[str, Any]) -> None:

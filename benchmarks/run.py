@@ -1,0 +1,352 @@
+"""The accuracy / size / time benchmark of nerncompress against what a user would do instead.
+
+    python benchmarks/run.py --data-dir ../shared/data                # full mode: the committed results
+    python benchmarks/run.py --data-dir ../shared/data --mode quick   # a few minutes
+    python benchmarks/run.py --checkpoint my.th --hidden 180 ...      # your own checkpoint
+
+Every figure follows ../shared/docs/BENCHMARKS.md: accuracy from expanded models on real images, sizes from
+bytes on disk with everything counted, timings with device and thread count. Each recipe runs in a child
+process so that its peak RSS is its own. Nothing measured on the test images steers training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import baselines  # noqa: E402
+
+from nerncompress.artifact import load_artifact, save_artifact  # noqa: E402
+from nerncompress.checkpoint import load_checkpoint, normalize_state_dict  # noqa: E402
+from nerncompress.compression import PruneConfig, QuantizeConfig, compress  # noqa: E402
+from nerncompress.data import ImageData, concat_data, load_data, preset_stats  # noqa: E402
+from nerncompress.evaluation import evaluate  # noqa: E402
+from nerncompress.expand import export, fp32_reference_bytes  # noqa: E402
+from nerncompress.models import build_model, resolve_arch  # noqa: E402
+from nerncompress.safetensors_io import save_safetensors  # noqa: E402
+from nerncompress.training import DistillConfig, FitConfig, distill, fit  # noqa: E402
+
+
+TEACHERS = {"resnet56": "resnet56-4bfd9763.th"}
+
+
+@dataclass
+class Recipe:
+    """One row of ours: a name and its stages, each (stage, options)."""
+
+    name: str
+    stages: list[tuple[str, dict[str, Any]]]
+    hidden: int | None = None  # overrides the model's default width
+    teacher: str | None = None  # checkpoint key of a stronger teacher for distill
+
+
+@dataclass
+class ModelCase:
+    key: str
+    checkpoint: str
+    hidden: int
+    recipes: list[Recipe] = field(default_factory=list)
+
+
+def recipes_for(mode: str, key: str, only: list[str] | None = None) -> list[Recipe]:
+    """The recipes of each mode. Step counts are the budget: quick mode is a smoke run, full mode the table.
+
+    ``recon`` is the default ``fit``; ``decoupled`` adds the default ``distill`` (the 2024 paper's recipe);
+    the compressed rows start from ``decoupled`` and are learned (QAT / fine-tuning) against its own weights.
+    """
+    quick = mode == "quick"
+    fit_stage = ("fit", {"iters": 200 if quick else 12000})
+    distill_stage = ("distill", {"iters": 10 if quick else 300, "eval_every": 5 if quick else 100})
+    tune = {"qat_iters": 20 if quick else 1000}
+    rows = [
+        Recipe("recon", [fit_stage]),
+        Recipe("decoupled", [fit_stage, distill_stage]),
+        Recipe("decoupled+int8", [fit_stage, distill_stage, ("quantize", {"bits": 8, **tune})]),
+        Recipe("decoupled+int4", [fit_stage, distill_stage, ("quantize", {"bits": 4, "group_size": 32, **tune})]),
+        Recipe("decoupled+prune50+int8", [
+            fit_stage, distill_stage,
+            ("prune", {"sparsity": 0.5, "finetune_iters": 20 if quick else 1000}),
+            ("quantize", {"bits": 8, **tune}),
+        ]),  # fmt: skip
+    ]
+    if not quick:
+        rows += [
+            Recipe("data-free decoupled", [fit_stage, ("distill", {**distill_stage[1], "data": "noise"})]),
+            Recipe("nern joint", [("fit", {"scheme": "nern", "iters": 600, "lr": 5e-3})]),
+        ]
+        if key == "resnet20":
+            rows.append(Recipe("decoupled, resnet56 teacher", [fit_stage, distill_stage], teacher="resnet56"))
+    return [r for r in rows if only is None or r.name in only]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+
+
+def _training_data(data_dir: Path) -> ImageData:
+    return concat_data(
+        load_data(data_dir / "cifar10" / "train2000_lossless.npz"), load_data(data_dir / "cifar10" / "train5000_jpeg.npz")
+    )
+
+
+def _run_recipe(args: dict[str, Any]) -> dict[str, Any]:
+    """Child process: run one recipe's stages and save the artifact."""
+    torch.set_num_threads(args["threads"])
+    state_dict = normalize_state_dict(load_checkpoint(args["checkpoint"]))
+    stages_seconds: dict[str, float] = {}
+    nern = load_artifact(args["start_from"]) if args.get("start_from") else None
+    for stage, options in args["stages"]:
+        started = time.perf_counter()
+        options = dict(options)
+        if stage == "fit":
+            data = _training_data(Path(args["data_dir"])) if options.get("scheme") == "nern" else None
+            config = FitConfig(hidden=args["hidden"], seed=args["seed"], **options)
+            nern = fit(state_dict, config, device="cpu", data=data)
+        elif stage == "distill":
+            data_spec = options.pop("data", "train")
+            data = None if data_spec == "noise" else _training_data(Path(args["data_dir"]))
+            teacher_path = args.get("teacher") or args["checkpoint"]
+            teacher_sd = normalize_state_dict(load_checkpoint(teacher_path))
+            teacher = build_model(resolve_arch(None, teacher_sd), teacher_sd)
+            nern = distill(nern, teacher, data, DistillConfig(seed=args["seed"], **options), device="cpu")
+        elif stage == "quantize":
+            nern = compress(nern, QuantizeConfig(seed=args["seed"], **options), device="cpu")
+        elif stage == "prune":
+            nern = compress(nern, PruneConfig(seed=args["seed"], **options), device="cpu")
+        else:
+            raise ValueError(f"unknown stage {stage}")
+        stages_seconds[stage] = stages_seconds.get(stage, 0.0) + time.perf_counter() - started
+    save_artifact(nern, args["artifact"])
+    return {"stage_seconds": stages_seconds, "peak_rss_mb": _rss_mb(), "history": nern.history}
+
+
+def _run_expand(args: dict[str, Any]) -> dict[str, Any]:
+    """Child process: expand an artifact to one format and report time and peak memory."""
+    torch.set_num_threads(args["threads"])
+    nern = load_artifact(args["artifact"])
+    started = time.perf_counter()
+    report = export(nern, args["output"], device="cpu")
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": _rss_mb(), "report": report.to_dict()}
+
+
+def _in_child(function, args: dict[str, Any]) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(function, (args,))
+
+
+@dataclass
+class Evaluator:
+    """Evaluates state_dicts on the test images with one code path, against the original's predictions."""
+
+    arch: Any
+    lossless: ImageData
+    jpeg: ImageData
+    mean: tuple
+    std: tuple
+    reference: dict[str, Any] | None = None
+
+    def __call__(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+        model = build_model(self.arch, state_dict)
+        lossless = evaluate(model, self.lossless, mean=self.mean, std=self.std, device="cpu")
+        jpeg = evaluate(model, self.jpeg, mean=self.mean, std=self.std, device="cpu")
+        if self.reference is None:
+            self.reference = {"lossless": lossless, "jpeg": jpeg}
+        ref = self.reference
+        return {
+            "top1_lossless": round(lossless.top1, 2),
+            "top1_jpeg": round(jpeg.top1, 2),
+            "delta_jpeg": round(jpeg.top1 - ref["jpeg"].top1, 2),
+            "agreement_jpeg": round(jpeg.agreement(ref["jpeg"]), 2),
+        }
+
+
+def benchmark_model(case: ModelCase, *, data_dir: Path, out_dir: Path, threads: int, seed: int, mode: str) -> list[dict]:
+    torch.set_num_threads(threads)
+    work = out_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    state_dict = normalize_state_dict(load_checkpoint(case.checkpoint))
+    arch = resolve_arch(None, state_dict)
+    mean, std = preset_stats(arch.preset)
+    lossless = load_data(data_dir / "cifar10" / "test1000_lossless.npz")
+    jpeg = load_data(data_dir / "cifar10" / "test10k_jpeg.npz")
+    if mode == "quick":
+        jpeg = jpeg.subset(torch.arange(min(len(jpeg), 2000)))
+    evaluate_state = Evaluator(arch, lossless, jpeg, mean, std)
+    rows: list[dict] = []
+
+    fp32_path = work / f"{case.key}.fp32.safetensors"
+    float_sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    save_safetensors(float_sd.items(), fp32_path, specs=[(k, v.dtype, tuple(v.shape)) for k, v in float_sd.items()])
+    reference_bytes = fp32_path.stat().st_size
+    conv_params = sum(v.numel() for v in state_dict.values() if v.dim() == 4)
+    rows.append({"model": case.key, "method": "original fp32", "kind": "baseline", "bytes": reference_bytes,
+                 "file_ratio": 1.0, **evaluate_state(state_dict)})  # fmt: skip
+
+    ours: list[dict] = []
+    # Recipes that share their first stages reuse the artifact of the longest shared prefix (and its timings).
+    done: dict[str, tuple[Path, list[dict[str, float]], float]] = {}
+    for recipe in case.recipes:
+        hidden = recipe.hidden or case.hidden
+        artifact = work / f"{case.key}.{recipe.name.replace(' ', '_').replace(',', '')}.nern"
+        prefix_keys = [
+            json.dumps([hidden, recipe.teacher if any(st == "distill" for st, _ in recipe.stages[: i + 1]) else None,
+                        recipe.stages[: i + 1]])
+            for i in range(len(recipe.stages))
+        ]  # fmt: skip
+        start = max((i + 1 for i, key in enumerate(prefix_keys) if key in done), default=0)
+        start_from, seconds_so_far, rss_so_far = done[prefix_keys[start - 1]] if start else (None, [], 0.0)
+        child = _in_child(_run_recipe, {
+            "checkpoint": case.checkpoint, "stages": recipe.stages[start:], "hidden": hidden, "seed": seed,
+            "threads": threads, "artifact": str(artifact), "data_dir": str(data_dir),
+            "teacher": str(data_dir / "models" / TEACHERS[recipe.teacher]) if recipe.teacher else None,
+            "start_from": str(start_from) if start_from else None,
+        })  # fmt: skip
+        stage_seconds = [*seconds_so_far, *[{k: v} for k, v in child["stage_seconds"].items()]]
+        child["stage_seconds"] = {}
+        for item in stage_seconds:
+            for k, v in item.items():
+                child["stage_seconds"][k] = child["stage_seconds"].get(k, 0.0) + v
+        child["peak_rss_mb"] = max(child["peak_rss_mb"], rss_so_far)
+        done[prefix_keys[-1]] = (artifact, stage_seconds, child["peak_rss_mb"])
+        nern = load_artifact(artifact)
+        expand_st = _in_child(_run_expand, {"artifact": str(artifact), "output": str(artifact.with_suffix(".safetensors")), "threads": threads})
+        expand_onnx = _in_child(_run_expand, {"artifact": str(artifact), "output": str(artifact.with_suffix(".onnx")), "threads": threads})
+        from safetensors.torch import load_file
+
+        expanded = load_file(str(artifact.with_suffix(".safetensors")))
+        size = artifact.stat().st_size
+        row = {
+            "model": case.key, "method": f"nern {recipe.name} h={hidden}", "kind": "ours", "hidden": hidden,
+            "bytes": size, "file_ratio": round(size / fp32_reference_bytes(nern), 4),
+            "conv_ratio": round(nern.predictor_parameters() / nern.conv_parameters(), 4),
+            **evaluate_state(expanded),
+            "fit_seconds": round(sum(child["stage_seconds"].values()), 1),
+            "stage_seconds": {k: round(v, 1) for k, v in child["stage_seconds"].items()},
+            "fit_peak_rss_mb": round(child["peak_rss_mb"], 1),
+            "expand_safetensors_seconds": round(expand_st["seconds"], 2),
+            "expand_safetensors_peak_rss_mb": round(expand_st["peak_rss_mb"], 1),
+            "expand_onnx_seconds": round(expand_onnx["seconds"], 2),
+            "expand_onnx_peak_rss_mb": round(expand_onnx["peak_rss_mb"], 1),
+            "onnx_max_abs_diff": expand_onnx["report"]["onnx"]["max_abs_diff"],
+            "recipe": recipe.stages,
+        }  # fmt: skip
+        rows.append(row)
+        ours.append(row)
+        print(json.dumps({k: row[k] for k in ("method", "file_ratio", "top1_lossless", "delta_jpeg", "agreement_jpeg", "fit_seconds")}), flush=True)
+
+    for name, (restored, size) in {
+        "fp16": baselines.fp16(state_dict, work / f"{case.key}.fp16.safetensors"),
+        "int8 per-channel": baselines.quantize_weights(state_dict, work / f"{case.key}.int8.safetensors", bits=8),
+        "int4 group 32": baselines.quantize_weights(state_dict, work / f"{case.key}.int4.safetensors", bits=4, group_size=32),
+        "int4 per-channel": baselines.quantize_weights(state_dict, work / f"{case.key}.int4pc.safetensors", bits=4),
+    }.items():
+        rows.append({"model": case.key, "method": name, "kind": "baseline", "bytes": size,
+                     "file_ratio": round(size / reference_bytes, 4), **evaluate_state(restored)})  # fmt: skip
+    if ours:
+        target = min(row["bytes"] for row in ours)
+        restored, size, sparsity = baselines.prune_to_bytes(state_dict, work / f"{case.key}.pruned.safetensors", target_bytes=target)
+        rows.append({"model": case.key, "method": f"magnitude prune {sparsity:.0%} (sparse)", "kind": "baseline",
+                     "bytes": size, "file_ratio": round(size / reference_bytes, 4), **evaluate_state(restored)})  # fmt: skip
+    for row in rows:
+        row.setdefault("conv_ratio", None)
+        row["conv_params"] = conv_params
+    return rows
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_results(rows: list[dict], meta: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    lines = [
+        f"Measured {meta['date']} on {meta['device']} with {meta['threads']} threads, torch {meta['torch']}, "
+        f"commit {meta['commit'][:10]}, seed {meta['seed']}, mode {meta['mode']}.",
+        "",
+        "| model | method | file ratio | conv ratio | bytes | top-1 lossless | delta (jpeg, paired) | agreement | fit s | expand s (safetensors / onnx) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        conv = f"{r['conv_ratio']:.1%}" if r.get("conv_ratio") else ""
+        fit_s = f"{r['fit_seconds']:.0f}" if r.get("fit_seconds") is not None else ""
+        expand = (f"{r['expand_safetensors_seconds']:.2f} / {r['expand_onnx_seconds']:.1f}"
+                  if r.get("expand_safetensors_seconds") is not None else "")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['file_ratio']:.1%} | {conv} | {r['bytes']:,} | {r['top1_lossless']:.1f} "
+            f"| {r['delta_jpeg']:+.2f} | {r['agreement_jpeg']:.1f}% | {fit_s} | {expand} |"
+        )
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len({r["model"] for r in rows}), figsize=(11, 4.5), squeeze=False)
+    for axis, model in zip(axes[0], sorted({r["model"] for r in rows}), strict=True):
+        for kind, marker in (("baseline", "s"), ("ours", "o")):
+            chosen = [r for r in rows if r["model"] == model and r["kind"] == kind]
+            axis.scatter([r["file_ratio"] * 100 for r in chosen], [r["delta_jpeg"] for r in chosen], marker=marker,
+                         label="nerncompress" if kind == "ours" else "baselines")  # fmt: skip
+            for r in chosen:
+                axis.annotate(r["method"].replace("nern ", ""), (r["file_ratio"] * 100, r["delta_jpeg"]), fontsize=7)
+        axis.set_title(model)
+        axis.set_xlabel("file ratio (% of fp32 safetensors bytes)")
+        axis.set_ylabel("top-1 delta vs original, test10k_jpeg (points)")
+        axis.axhline(0, color="grey", linewidth=0.5)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "results.png", dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--mode", choices=["quick", "full"], default="full")
+    parser.add_argument("--models", nargs="*", default=["resnet20", "resnet56"])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipes", nargs="*", default=None, help="only these recipe names")
+    args = parser.parse_args(argv)
+    checkpoints = {
+        "resnet20": (args.data_dir / "models" / "resnet20-12fca82f.th", 180),
+        "resnet56": (args.data_dir / "models" / "resnet56-4bfd9763.th", 280),
+    }
+    rows = []
+    for key in args.models:
+        path, hidden = checkpoints[key]
+        case = ModelCase(key, str(path), hidden, recipes_for(args.mode, key, args.recipes))
+        rows += benchmark_model(case, data_dir=args.data_dir, out_dir=args.out, threads=args.threads, seed=args.seed, mode=args.mode)
+    meta = {
+        "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "torch": torch.__version__,
+        "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", "threads": args.threads,
+        "seed": args.seed, "mode": args.mode, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }  # fmt: skip
+    write_results(rows, meta, args.out)
+
+
+if __name__ == "__main__":
+    main()

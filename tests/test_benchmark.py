@@ -1,0 +1,43 @@
+"""Smoke test of the benchmark's quick mode on a tiny model and tiny fake data laid out like ../shared/data."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helpers import tiny_resnet_state_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def _fake_data_dir(root: Path) -> Path:
+    (root / "models").mkdir(parents=True)
+    (root / "cifar10").mkdir()
+    torch.save({"state_dict": tiny_resnet_state_dict()}, root / "models" / "resnet20-12fca82f.th")
+    rng = np.random.default_rng(0)
+    for name, count in [("test1000_lossless", 40), ("test10k_jpeg", 60), ("train2000_lossless", 40), ("train5000_jpeg", 40)]:
+        x = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+        np.savez(root / "cifar10" / f"{name}.npz", x=x, y=rng.integers(0, 10, count))
+    return root
+
+
+def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path):
+    import run
+
+    data_dir = _fake_data_dir(tmp_path / "data")
+    out = tmp_path / "out"
+    run.main(["--data-dir", str(data_dir), "--mode", "quick", "--models", "resnet20", "--out", str(out),
+              "--threads", "1", "--recipes", "recon", "decoupled+int8"])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    methods = [row["method"] for row in results["rows"]]
+    assert "original fp32" in methods and "int8 per-channel" in methods and "fp16" in methods
+    ours = [row for row in results["rows"] if row["kind"] == "ours"]
+    assert len(ours) == 2
+    for row in ours:
+        assert 0 < row["file_ratio"] < 2 and row["bytes"] > 0 and 0 <= row["agreement_jpeg"] <= 100
+        assert row["expand_onnx_seconds"] > 0 and row["fit_peak_rss_mb"] > 0
+    assert "quantize" in ours[1]["stage_seconds"] and "fit" in ours[1]["stage_seconds"]
+    assert results["meta"]["threads"] == 1 and results["meta"]["mode"] == "quick"
+    assert (out / "results.md").read_text().count("\n|") >= 6

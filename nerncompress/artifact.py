@@ -2,7 +2,10 @@
 
 Tensors:
     predictor/<param>     the predictor's parameters (float32, or as ``compression.py`` encodes them)
-    positions/<layer>     chain positions of the layer's kernels, packed at ceil(log2 N) bits each (uint8)
+    positions/<layer>     crossfilter: chain positions of the layer's N kernels, packed at ceil(log2 N) bits each
+    positions/<layer>/filters, positions/<layer>/channels
+                          infilter: rank of each filter (ceil(log2 C_out) bits) and of each channel inside its
+                          filter (ceil(log2 C_in) bits): half the bytes of a general permutation
     scales/<layer>        per-filter scales, float32 (C_out,), only for layers fitted with filter scales
     raw/<key>             every tensor of the original state_dict that the predictor does not represent (float32
                           ones as float16 when the compression state has raw_fp16, read back as float32)
@@ -53,14 +56,13 @@ def to_tensors(nern: Nern) -> tuple[dict[str, Tensor], dict[str, str]]:
     tensors.update({f"predictor/{k}": v for k, v in predictor_tensors.items()})
     layer_table = []
     for entry in nern.layers:
-        bits = bits_for(entry.num_kernels)
-        if nern.permute != "none":
-            tensors[f"positions/{entry.name}"] = pack_uints(nern.positions[entry.name], bits)
+        tensors.update(_encode_positions(nern.permute, entry, nern.positions[entry.name]))
         scaled = entry.name in nern.scales
         if scaled:
             tensors[f"scales/{entry.name}"] = nern.scales[entry.name].to(torch.float32)
         layer_table.append(
-            {**entry.to_dict(), "kernel_size": entry.kernel_size, "position_bits": bits, "scaled": scaled}
+            {**entry.to_dict(), "kernel_size": entry.kernel_size, "position_bits": round(position_bits(nern.permute, entry), 3),
+             "scaled": scaled}
         )
     raw_fp16 = bool(nern.compression.get("raw_fp16"))  # set by `quantize --raw-fp16` (see compression.py)
     for key, value in nern.raw.items():
@@ -196,15 +198,8 @@ def _build(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Nern:
             if not torch.isfinite(scale).all():
                 raise ArtifactError(f"tensor 'scales/{entry.name}' holds NaN or Inf")
             scales[entry.name] = scale
-        if permute == "none":
-            position = torch.arange(entry.num_kernels, dtype=torch.int64)
-        else:
-            packed = _tensor(tensors, f"positions/{entry.name}", None, torch.uint8)
-            position = unpack_uints(packed, bits_for(entry.num_kernels), entry.num_kernels)
-            if not torch.equal(torch.bincount(position, minlength=entry.num_kernels), torch.ones_like(position)):
-                raise ArtifactError(f"tensor 'positions/{entry.name}' is not a permutation of its kernels")
         layers.append(entry)
-        positions[entry.name] = position
+        positions[entry.name] = _decode_positions(permute, entry, tensors)
     raw = {k[len("raw/"):]: v for k, v in tensors.items() if k.startswith("raw/")}
     if meta["compression"].get("raw_fp16"):
         raw = {k: v.to(torch.float32) if v.dtype == torch.float16 else v for k, v in raw.items()}
@@ -237,6 +232,55 @@ def _build(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Nern:
         history=meta["history"],
         compression=meta["compression"],
     )
+
+
+def position_bits(permute: str, entry: LayerEntry) -> float:
+    """Stored bits per kernel of a layer's positions (0 without permutation)."""
+    if permute == "none":
+        return 0.0
+    if permute == "infilter":
+        return bits_for(entry.c_in) + bits_for(entry.c_out) / entry.c_in
+    return float(bits_for(entry.num_kernels))
+
+
+def _encode_positions(permute: str, entry: LayerEntry, position: Tensor) -> dict[str, Tensor]:
+    key = f"positions/{entry.name}"
+    if permute == "none":
+        return {}
+    if permute == "infilter":
+        grid = position.view(entry.c_out, entry.c_in)
+        filters = torch.div(grid[:, 0], entry.c_in, rounding_mode="floor")
+        channels = torch.remainder(grid, entry.c_in)
+        return {
+            f"{key}/filters": pack_uints(filters, bits_for(entry.c_out)),
+            f"{key}/channels": pack_uints(channels.reshape(-1), bits_for(entry.c_in)),
+        }
+    return {key: pack_uints(position, bits_for(entry.num_kernels))}
+
+
+def _is_permutation(values: Tensor, count: int) -> bool:
+    """Whether every row of ``values`` (..., count) holds each of 0..count-1 exactly once."""
+    return bool(torch.equal(values.sort(dim=-1).values, torch.arange(count).expand_as(values)))
+
+
+def _decode_positions(permute: str, entry: LayerEntry, tensors: dict[str, Tensor]) -> Tensor:
+    key = f"positions/{entry.name}"
+    if permute == "none":
+        return torch.arange(entry.num_kernels, dtype=torch.int64)
+    if permute == "infilter":
+        filters = unpack_uints(_tensor(tensors, f"{key}/filters", None, torch.uint8), bits_for(entry.c_out), entry.c_out)
+        channels = unpack_uints(
+            _tensor(tensors, f"{key}/channels", None, torch.uint8), bits_for(entry.c_in), entry.num_kernels
+        ).view(entry.c_out, entry.c_in)
+        if not _is_permutation(filters, entry.c_out) or not _is_permutation(channels, entry.c_in):
+            raise ArtifactError(f"tensors '{key}/*' are not permutations of the layer's filters and channels")
+        return (filters[:, None] * entry.c_in + channels).reshape(-1)
+    if permute != "crossfilter":
+        raise ArtifactError(f"unknown permutation {permute!r} in metadata")
+    position = unpack_uints(_tensor(tensors, key, None, torch.uint8), bits_for(entry.num_kernels), entry.num_kernels)
+    if not _is_permutation(position, entry.num_kernels):
+        raise ArtifactError(f"tensor {key!r} is not a permutation of its kernels")
+    return position
 
 
 def _tensor(tensors: dict[str, Tensor], key: str, shape: tuple[int, ...] | None, dtype: torch.dtype) -> Tensor:

@@ -22,8 +22,7 @@ from torch import Tensor
 
 from . import __version__
 from ._io import PathLike, sha256_file
-from .artifact import load_artifact
-from .bitpack import bits_for
+from .artifact import load_artifact, position_bits
 from .checkpoint import load_checkpoint, normalize_state_dict
 from .errors import ArchDetectionError, ArtifactError
 from .evaluation import EvalResult
@@ -82,7 +81,7 @@ def _layer_table(nern: Nern) -> list[dict[str, Any]]:
     """One row per conv weight, represented or raw, in the original state_dict's order."""
     represented = {entry.name: entry for entry in nern.layers}
     # No positions are stored without a permutation (the identity order is implied).
-    bits = {entry.name: bits_for(entry.num_kernels) if nern.permute != "none" else 0 for entry in nern.layers}
+    bits = {entry.name: round(position_bits(nern.permute, entry), 3) for entry in nern.layers}
     rows = []
     for key in nern.key_order:
         if key in represented:

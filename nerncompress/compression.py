@@ -27,6 +27,7 @@ from .data import ImageData
 from .devices import resolve_device
 from .errors import UsageError
 from .expand import expand_model, expand_state_dict
+from .models.registry import check_arch
 from .nern import Nern
 from .predictor import Predictor, head_name
 from .quantization import (  # noqa: F401  (encode/decode/predictor_bytes: re-exported for artifact.py)
@@ -217,6 +218,7 @@ def compress(
     teacher: nn.Module | None = None,
     device: str = "auto",
     on_step: StepCallback | None = None,
+    trust_code: bool = False,
 ) -> Nern:
     """Prune or quantize the predictor of ``nern`` (which is left unchanged) and fine-tune the result.
 
@@ -232,6 +234,9 @@ def compress(
         teacher: KD teacher; None = the network ``nern`` regenerates before compression.
         device: auto | cpu | cuda[:N].
         on_step: progress callback ``(step, total, metrics)`` over both fine-tuning phases.
+        trust_code: build the architecture even when it is a user builder read from a file (its module is
+            imported: trusted files only; see ``registry.check_arch``). Only the KD phase and
+            ``importance="bn"`` build the architecture; without them, no code of the .nern's is ever run.
 
     Returns:
         A new Nern whose predictor holds exactly the values its artifact stores, whose ``compression`` describes
@@ -239,21 +244,26 @@ def compress(
         ``before``, ``naive`` (compressed, not fine-tuned) and after, predictor bytes before and after).
 
     Raises:
-        UsageError: an unknown config type, or target weights that do not match the represented layers.
+        UsageError: an unknown config type, target weights that do not match the represented layers, or an
+            untrusted user builder that the KD phase would have to build.
 
     Example:
         >>> nern = compress(compress(nern, PruneConfig(sparsity=0.5)), QuantizeConfig(bits=8))
     """
     if not isinstance(config, (QuantizeConfig, PruneConfig)):
         raise UsageError(f"compress takes a QuantizeConfig or PruneConfig, got {type(config).__name__}")
+    if config.kd_iters or config.importance == "bn":  # the only uses of the architecture: refuse before any work
+        check_arch(nern.arch, trust_code=trust_code)
     torch_device = resolve_device(device)
     if target_weights is None:
         targets = expand_state_dict(nern, device="cpu")
     else:
         targets = _check_targets(nern, target_weights)
     if config.kd_iters and teacher is None:
-        teacher = expand_model(nern, device="cpu")
+        teacher = expand_model(nern, device="cpu", trust_code=trust_code)
     result = _copy(nern)
+    if trust_code:
+        result.arch = result.arch.trusted()
     before = reconstruction_error(result, targets)
     bytes_before = predictor_bytes(result.predictor, result.compression)
     if isinstance(config, QuantizeConfig):

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .devices import resolve_device
 from .errors import ArtifactError, UsageError
-from .models.registry import TORCHVISION_PREFIX, build_model, get_arch, list_archs
+from .models.registry import build_model, check_arch, get_arch
 from .nern import Nern
 from .onnx_export import ExportReport, export_onnx
 from .safetensors_io import TensorSpec, save_safetensors
@@ -58,9 +58,17 @@ def expand_state_dict(nern: Nern, *, device: str = "auto") -> dict[str, Tensor]:
     return dict(expand(nern, device=device))
 
 
-def expand_model(nern: Nern, *, device: str = "auto") -> nn.Module:
-    """The architecture with regenerated weights, loaded strictly, in eval mode, on the CPU."""
-    return build_model(nern.arch, expand_state_dict(nern, device=device))
+def expand_model(nern: Nern, *, device: str = "auto", trust_code: bool = False) -> nn.Module:
+    """The architecture with regenerated weights, loaded strictly, in eval mode, on the CPU.
+
+    ``trust_code``: build the .nern's architecture even when it is a user builder (``pkg.module:function``, whose
+    module is imported: trusted files only) or beyond the bounds a file may ask for (see ``registry.check_arch``).
+
+    Raises:
+        UsageError: the architecture is a user builder and ``trust_code`` is False.
+    """
+    check_arch(nern.arch, trust_code=trust_code)  # before regenerating anything
+    return build_model(nern.arch, expand_state_dict(nern, device=device), trust_code=trust_code)
 
 
 @dataclass
@@ -90,21 +98,25 @@ def tensor_specs(nern: Nern) -> list[TensorSpec]:
     return specs
 
 
-def check_shapes(nern: Nern) -> None:
+def check_shapes(nern: Nern, *, trust_code: bool = False) -> None:
     """Refuse a Nern whose tensors do not fit its architecture (keys and shapes), before anything is written.
 
     The architecture is built on the meta device (no memory, no weights). Architectures named ``pkg.module:function``
     are not imported here, since importing runs the module's code; they are checked when the model is built.
+    ``trust_code`` lifts the bounds on the kwargs of an architecture read from a file (``registry.check_arch``).
 
     Raises:
-        ArtifactError: naming the first key that is unknown to the architecture, missing, or of another shape.
+        ArtifactError: naming the first key that is unknown to the architecture, missing, or of another shape, or
+            an architecture that cannot be built.
+        ArchDetectionError: kwargs or an input shape beyond the bounds a file may ask for (``check_arch``).
     """
     name = nern.arch.name
-    if name not in list_archs() and not name.startswith(TORCHVISION_PREFIX):
+    if nern.arch.is_user_builder():
         return
+    check_arch(nern.arch, trust_code=trust_code)  # its own one-line message: kwargs beyond a file's bounds
     try:
         with torch.device("meta"):
-            reference = get_arch(nern.arch).state_dict()
+            reference = get_arch(nern.arch, trust_code=trust_code).state_dict()
     except Exception as exc:  # noqa: BLE001 - the arch spec comes from the file: any failure means a bad spec
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ArtifactError(f"arch {name} {nern.arch.kwargs} of the .nern cannot be built: {detail}") from exc
@@ -143,11 +155,16 @@ def export(
     verify: bool = True,
     verify_inputs: int = 64,
     tolerance: float = 1e-4,
+    trust_code: bool = False,
 ) -> ExpandReport:
     """Expand ``nern`` into ``path``: ``.safetensors`` (plain state_dict) or ``.onnx`` (verified with onnxruntime).
 
+    A ``.safetensors`` output never builds the architecture; an ``.onnx`` one does, so a .nern naming a user builder
+    needs ``trust_code=True`` (see ``expand_model``).
+
     Raises:
-        UsageError: an unknown output suffix. ExportCheckError: the ONNX model disagrees with PyTorch.
+        UsageError: an unknown output suffix, or an untrusted user builder (ONNX). ExportCheckError: the ONNX model
+            disagrees with PyTorch.
 
     Example:
         >>> export(load_artifact("resnet56.nern"), "resnet56.onnx")
@@ -156,14 +173,14 @@ def export(
     suffix = Path(path).suffix.lower()
     if suffix not in (".safetensors", ".onnx"):
         raise UsageError(f"output {path} must end in .safetensors or .onnx")
-    check_shapes(nern)
+    check_shapes(nern, trust_code=trust_code)
     if suffix == ".safetensors":
         specs = tensor_specs(nern)
         metadata = {"format": "pt", "arch": json.dumps(nern.arch.to_dict(), sort_keys=True)}
         size = save_safetensors(expand(nern, device=device), path, specs=specs, metadata=metadata)
         return ExpandReport(str(path), "safetensors", size, len(specs), time.perf_counter() - started)
     if suffix == ".onnx":
-        model = expand_model(nern, device=device)
+        model = expand_model(nern, device=device, trust_code=trust_code)
         report: ExportReport = export_onnx(
             model,
             path,

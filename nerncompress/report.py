@@ -36,6 +36,7 @@ __all__ = [
     "artifact_report",
     "checkpoint_report",
     "compare_results",
+    "compress_summary",
     "distill_summary",
     "environment_report",
     "fit_summary",
@@ -229,6 +230,59 @@ def distill_summary(nern: Nern, path: PathLike, *, seconds: float) -> dict[str, 
         "teacher": last.get("teacher", {}),
         "arch": nern.arch.to_dict(),
     }
+
+
+def compress_summary(nern: Nern, input_path: PathLike, path: PathLike, *, seconds: float) -> dict[str, Any]:
+    """The figures ``nerncompress quantize`` / ``prune`` print once ``nern`` (compressed from the .nern at
+    ``input_path``) is saved at ``path``.
+
+    Returns:
+        ``path``, ``input``, ``stage`` ("quantize" or "prune"), ``file_bytes_before`` (the input on disk),
+        ``file_bytes_after`` (= ``file_bytes``, the output on disk), ``fp32_reference_bytes``, ``file_ratio_before``
+        and ``file_ratio`` (file bytes / fp32 reference bytes), ``conv_ratio`` (predictor parameters / represented
+        conv weights), ``predictor_bytes_before`` / ``predictor_bytes_after`` (tensor data of the predictor),
+        ``compression`` (the new state, without its storage ``layout``), ``reconstruction`` (``before``, ``naive``
+        = compressed without fine-tuning, ``gptq`` when GPTQ rounding ran, and ``after``; each with ``rmse``,
+        ``relative_rmse``, ``normalised_rmse``; measured against ``targets``: "self" = the input's own regenerated
+        weights, "given" = --original), ``achieved_sparsity`` (unstructured pruning), ``widths_before`` /
+        ``widths_after`` (structured pruning), ``steps``, ``seconds``, ``device``, ``data``, ``config``, ``arch``.
+    """
+    file_bytes = Path(path).stat().st_size
+    input_bytes = Path(input_path).stat().st_size
+    reference = fp32_reference_bytes(nern)
+    last = nern.history[-1] if nern.history else {}
+    error_keys = ("rmse", "relative_rmse", "normalised_rmse")
+    reconstruction = {key: last[key] for key in ("before", "naive", "gptq") if isinstance(last.get(key), dict)}
+    reconstruction["after"] = {key: last[key] for key in error_keys if key in last}
+    summary = {
+        "path": str(path),
+        "input": str(input_path),
+        "stage": last.get("stage"),
+        "file_bytes_before": input_bytes,
+        "file_bytes_after": file_bytes,
+        "file_bytes": file_bytes,
+        "fp32_reference_bytes": reference,
+        "file_ratio_before": input_bytes / reference,
+        "file_ratio": file_bytes / reference,
+        "conv_ratio": nern.conv_ratio(),
+        "predictor_parameters": nern.predictor_parameters(),
+        "conv_parameters": nern.conv_parameters(),
+        "predictor_bytes_before": last.get("predictor_bytes_before"),
+        "predictor_bytes_after": last.get("predictor_bytes_after"),
+        "compression": {key: value for key, value in nern.compression.items() if key != "layout"},
+        "targets": last.get("targets"),
+        "reconstruction": reconstruction,
+        "steps": last.get("steps"),
+        "seconds": seconds,
+        "device": last.get("device"),
+        "data": last.get("data"),
+        "config": last.get("config", {}),
+        "arch": nern.arch.to_dict(),
+    }
+    for key in ("achieved_sparsity", "widths_before", "widths_after"):
+        if key in last:
+            summary[key] = last[key]
+    return summary
 
 
 def _tensor_bytes(tensor: Tensor) -> int:

@@ -25,7 +25,7 @@ from .embeddings import EmbeddingConfig
 from .errors import UsageError
 from .layers import following_batchnorms, plan_layers
 from .losses import capture_features, feature_map_loss, feature_taps, kd_loss
-from .models.registry import ArchSpec, build_model, get_arch, resolve_arch
+from .models.registry import ArchSpec, build_model, check_arch, get_arch, resolve_arch
 from .nern import Nern, filter_scales, normalised_kernels
 from .permutations import PERMUTATIONS, compute_positions
 from .predictor import PredictorConfig, build_predictor
@@ -448,7 +448,7 @@ class DistillConfig:
         seed: seeds batch order, augmentation and noise.
     """
 
-    iters: int = 600
+    iters: int = 300
     lr: float = 3e-5
     warmup: float = 0.0
     final_lr_ratio: float = 0.1
@@ -666,11 +666,14 @@ def distill(
     on_step: StepCallback | None = None,
     teacher_source: dict | None = None,
     checkpointer: Checkpointer | None = None,
+    trust_code: bool = False,
 ) -> Nern:
     """Decoupled distillation: fine-tune the predictor so the regenerated network matches a teacher's outputs.
 
+    Distill before pruning or quantizing: a compressed predictor is refused (see ``check_distillable``).
+
     Args:
-        nern: a fitted representation (modified in place and returned).
+        nern: a fitted, uncompressed representation (modified in place and returned).
         teacher: any model of the same task (the original, or a stronger one); its output classes must match.
         data: training images, or None for data-free distillation on uniform noise.
         config: the recipe; defaults to ``DistillConfig()``.
@@ -679,12 +682,21 @@ def distill(
         teacher_source: provenance of the teacher recorded in the history.
         checkpointer: saves the loop's progress periodically and on SIGINT/SIGTERM, and resumes a saved run
             (see ``resume.py``); None trains without snapshots.
+        trust_code: build the .nern's architecture even when it is a user builder read from a file (its module is
+            imported: trusted files only; see ``registry.check_arch``).
 
     Returns:
         The same Nern, its history extended by a ``distill`` record.
+
+    Raises:
+        UsageError: a pruned or quantized predictor, an untrusted user builder, or a teacher of another task.
     """
     config = config or DistillConfig()
     torch_device = resolve_device(device)
+    check_distillable(nern)
+    check_arch(nern.arch, trust_code=trust_code)
+    if trust_code:
+        nern.arch = nern.arch.trusted()
     check_teacher(nern, teacher)
     torch.manual_seed(config.seed)
     if checkpointer is not None:
@@ -715,6 +727,42 @@ def distill(
         }
     )
     return nern
+
+
+# Compression state keys that describe storage only, not a change of the predictor's weights.
+_STORAGE_ONLY_STATE = ("version", "raw_fp16", "layout")
+
+
+def check_distillable(nern: Nern) -> None:
+    """Refuse a predictor that is already pruned or quantized: distilling it would silently undo that.
+
+    Fine-tuning moves pruned weights off zero and quantized weights off their grid; the artifact would then store
+    them rounded back, losing what distillation learned, or not sparse at all. A state with only ``raw_fp16``
+    (storage of the raw tensors) is accepted.
+
+    Raises:
+        UsageError: naming the compression stages found, in one line.
+    """
+    state = nern.compression or {}
+    stages = [key for key in state if key not in _STORAGE_ONLY_STATE]
+    if not stages:
+        return
+    described = []
+    for key in stages:
+        value = state[key]
+        if key == "quantize" and isinstance(value, dict):
+            bits = value.get("bits")
+            described.append(f"quantized ({'fp16' if bits == 'fp16' else f'{bits}-bit'})")
+        elif key in ("prune", "structured") and isinstance(value, dict):
+            kind = "structured-pruned" if key == "structured" else "pruned"
+            described.append(f"{kind} (sparsity {value.get('sparsity')})")
+        else:
+            described.append(str(key))
+    raise UsageError(
+        f"distill before prune/quantize: this .nern's predictor is already {' and '.join(described)}, and "
+        "distilling it would silently undo that; distill the uncompressed .nern and compress the result, or "
+        "compress with --kd-iters N to distill while pruning/quantizing"
+    )
 
 
 def predictor_digest(nern: Nern) -> str:

@@ -11,10 +11,11 @@ import torch
 from conftest import SHARED_DATA, requires_shared_data
 
 from nerncompress.checkpoint import load_checkpoint, normalize_state_dict
-from nerncompress.errors import ArchDetectionError
+from nerncompress.errors import ArchDetectionError, UsageError
 from nerncompress.models import (
     ArchSpec,
     build_model,
+    check_arch,
     detect_arch,
     get_arch,
     list_archs,
@@ -200,3 +201,51 @@ def test_real_akamaster_checkpoints(filename: str, depth: int) -> None:
     assert torch.equal(model.linear.weight, state_dict["linear.weight"])
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ------------------------------------------------------------------------------ specs read from files: trust, bounds
+def test_spec_from_a_file_is_untrusted_but_equal() -> None:
+    spec = ArchSpec("cifar_resnet", {"depth": 8, "num_classes": 10}, "imagenet", (3, 32, 32))
+    read = ArchSpec.from_dict(spec.to_dict())
+    assert read.untrusted and not spec.untrusted
+    assert read == spec and hash(read) == hash(spec) and read.to_dict() == spec.to_dict()
+    assert not read.trusted().untrusted and not ArchSpec.from_dict(spec.to_dict(), trusted=True).untrusted
+    assert isinstance(build_model(read), torch.nn.Module)  # within bounds: builds without trust
+
+
+def test_user_builder_from_a_file_is_not_imported_without_trust() -> None:
+    read = ArchSpec.from_dict({"name": "nern_absent_evil_module:build", "kwargs": {}})
+    with pytest.raises(UsageError, match="nern_absent_evil_module:build.*--trust-code"):
+        get_arch(read)  # refused before any import: the module does not even exist
+    with pytest.raises(ArchDetectionError, match="cannot import"):
+        get_arch(read, trust_code=True)  # trusted: imported (and missing)
+    with pytest.raises(ArchDetectionError, match="cannot import"):
+        get_arch(read.trusted())
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("cifar_resnet", {"depth": 6 * 10**6 + 2}, "depth=6000002 .* out of bounds"),
+        ("cifar_resnet", {"depth": 20, "width": 4096}, "width=4096"),
+        ("cifar_resnet", {"depth": "20"}, "out of bounds"),
+        ("cifar_resnet", {"depth": 20, "blocks": 3}, "not allowed"),
+        ("digits_cnn", {"num_classes": 10**6}, "num_classes"),
+        ("torchvision:resnet18", {"num_classes": 10**6}, "num_classes"),
+        ("torchvision:alexnet", {"num_classes": 10, "dropout": 0.5}, "dropout"),
+    ],
+)
+def test_outsized_kwargs_from_a_file_are_refused(name: str, kwargs: dict, message: str) -> None:
+    read = ArchSpec.from_dict({"name": name, "kwargs": kwargs})
+    with pytest.raises(ArchDetectionError, match=message):
+        get_arch(read)
+    check_arch(read, trust_code=True)  # the user vouches for the file: nothing checked (and nothing built here)
+    check_arch(ArchSpec(name, kwargs))  # made in code: the caller's own choice
+
+
+def test_outsized_input_shape_and_bool_kwargs_from_a_file() -> None:
+    with pytest.raises(ArchDetectionError, match="input shape"):
+        check_arch(ArchSpec.from_dict({"name": "cifar_resnet", "input_shape": [3, 10**5, 10**5]}))
+    with pytest.raises(ArchDetectionError, match="input shape"):
+        check_arch(ArchSpec.from_dict({"name": "cifar_resnet", "input_shape": [1000, 8, 8]}))
+    check_arch(ArchSpec.from_dict({"name": "torchvision:resnet18", "kwargs": {"zero_init_residual": True}}))

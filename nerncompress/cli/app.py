@@ -4,10 +4,9 @@ Commands do no maths: numbers come from the library (``training``, ``expand``, `
 builders of ``report.py``; ``output.py`` renders them. Errors raised by the library are mapped to exit codes by
 ``NernGroup`` (see ``output.EXIT_CODES``).
 
-Adding a command (``prune``, ``quantize`` will follow): write one function decorated with
-``@app.command("name", epilog=...)`` in the "Compression stages" section below, with its options taken from
-``options.py`` (add any shared alias there), call the library, build the result dict in ``report.py`` if it needs
-figures, and hand it to ``Output.result`` with a renderer from ``output.py``.
+Adding a command: write one function decorated with ``@app.command("name", epilog=...)`` in its section below,
+with its options taken from ``options.py`` (add any shared alias there), call the library, build the result dict
+in ``report.py`` if it needs figures, and hand it to ``Output.result`` with a renderer from ``output.py``.
 """
 
 from __future__ import annotations
@@ -27,17 +26,19 @@ from .. import __version__, training
 from .._io import check_output_path, check_writable_folder, sha256_file
 from ..artifact import load_artifact, save_artifact
 from ..checkpoint import check_finite, load_checkpoint, normalize_state_dict
+from ..compression import PruneConfig, QuantizeConfig, compress
 from ..data import ImageData, concat_data, load_data, preset_stats, to_float
 from ..demo import DEMO_FIT, DEMO_TRAIN_EPOCHS, run_demo
 from ..errors import UsageError
 from ..evaluation import evaluate
 from ..expand import check_shapes, expand_model, export
-from ..models.registry import ArchSpec, build_model, resolve_arch
+from ..models.registry import ArchSpec, build_model, check_arch, resolve_arch
 from ..nern import Nern
 from ..report import (
     artifact_report,
     checkpoint_report,
     compare_results,
+    compress_summary,
     distill_summary,
     environment_report,
     fit_summary,
@@ -51,9 +52,13 @@ from .options import (
     DISTILL_DEFAULTS,
     FIT_DEFAULTS,
     OUTPUT,
+    PRUNE_DEFAULTS,
+    QUANTIZE_DEFAULTS,
     TRAINING,
     ArchOpt,
     BaseOpt,
+    Bits,
+    BitsOpt,
     CheckpointArg,
     CheckpointEveryOpt,
     CompareOpt,
@@ -62,38 +67,56 @@ from .options import (
     DeviceOpt,
     DistillDataOpt,
     EvalEveryOpt,
+    FinetuneItersOpt,
+    FinetuneLrOpt,
     FitDataOpt,
     FmdWeightOpt,
+    GroupSizeOpt,
     HiddenOpt,
     HoldoutOpt,
     ImageBatchOpt,
     ImageStepBatchOpt,
     ItersOpt,
     JsonOpt,
+    KdDataOpt,
+    KdItersOpt,
+    KdLrOpt,
+    KdTeacherOpt,
     KdWeightOpt,
     KernelBatchOpt,
     LevelsOpt,
     LrOpt,
+    Method,
+    MethodOpt,
     ModelArg,
     NernArg,
     OpsetOpt,
+    OriginalOpt,
     OutputOpt,
     Permute,
     PermuteOpt,
     PresetOpt,
+    QatItersOpt,
+    RawFp16Opt,
     RequiredOutputOpt,
     ResumeOpt,
+    Rounding,
+    RoundingOpt,
     RoundsOpt,
     RunDeviceOpt,
     RunThreadsOpt,
     Scheme,
     SchemeOpt,
+    Scope,
+    ScopeOpt,
     SeedOpt,
+    SparsityOpt,
     SplitOpt,
     TeacherArchOpt,
     TeacherOpt,
     TemperatureOpt,
     ThreadsOpt,
+    TrustCodeOpt,
     TrustPickleOpt,
     VerifyOpt,
 )
@@ -102,6 +125,9 @@ try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
+# typer 0.29 defines Abort in typer.exceptions, not in its vendored click: naming a missing attribute in an except
+# clause raised AttributeError whenever an exception reached it (e.g. `nerncompress --help | head -1`).
+_ABORT: type[BaseException] = getattr(click_exceptions, "Abort", typer.Abort)
 
 
 class NernGroup(TyperGroup):
@@ -129,7 +155,7 @@ class NernGroup(TyperGroup):
         except click_exceptions.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             sys.exit(output.report_usage_error(exc, ctx.command_path if ctx is not None else None))
-        except click_exceptions.Abort:
+        except _ABORT:
             sys.exit(output.report_error(KeyboardInterrupt()))
         sys.exit(code if isinstance(code, int) else output.EXIT_OK)
 
@@ -242,12 +268,18 @@ def _load_weights(path: Path, *, trust_pickle: bool) -> dict:
     return state_dict
 
 
-def _load_model(path: Path, *, arch: str | None, trust_pickle: bool, device: str) -> tuple[nn.Module, ArchSpec]:
-    """A checkpoint (architecture from ``--arch`` or detected) or a ``.nern`` (expanded in memory)."""
+def _load_model(
+    path: Path, *, arch: str | None, trust_pickle: bool, device: str, trust_code: bool = False
+) -> tuple[nn.Module, ArchSpec]:
+    """A checkpoint (architecture from ``--arch`` or detected) or a ``.nern`` (expanded in memory).
+
+    A ``.nern`` naming a user builder is built only with ``trust_code`` (``--trust-code``); ``--arch`` is the user's
+    own choice and always trusted.
+    """
     if is_nern_file(path):
         nern = load_artifact(path)
-        check_shapes(nern)
-        return expand_model(nern, device=device), nern.arch
+        check_shapes(nern, trust_code=trust_code)
+        return expand_model(nern, device=device, trust_code=trust_code), nern.arch
     state_dict = _load_weights(path, trust_pickle=trust_pickle)
     spec = resolve_arch(arch, state_dict)
     return build_model(spec, state_dict), spec
@@ -359,6 +391,7 @@ def distill_command(
     resume: ResumeOpt = False,
     checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY_DEFAULT,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Fine-tune a .nern's predictor so that the regenerated network matches a teacher's outputs (KD).
@@ -368,6 +401,7 @@ def distill_command(
     of the images (--holdout) is held out to keep the step that agrees best with the teacher. The default output,
     in the current folder, is the input's name with the suffix .distilled.nern (model.nern: model.distilled.nern).
     Ctrl-C or SIGTERM saves the progress to OUTPUT.resume and exits 130; the same command with --resume continues it.
+    Distill before prune and quantize: a pruned or quantized .nern is refused.
     """
     out = output.Output(json_output)
     _set_threads(threads)
@@ -384,7 +418,11 @@ def distill_command(
         seed=seed,
     )  # fmt: skip
     nern = load_artifact(nern_path)
-    teacher_model, teacher_spec = _load_model(teacher, arch=teacher_arch, trust_pickle=trust_pickle, device="cpu")
+    training.check_distillable(nern)  # before loading the teacher and the data
+    check_arch(nern.arch, trust_code=trust_code)
+    teacher_model, teacher_spec = _load_model(
+        teacher, arch=teacher_arch, trust_pickle=trust_pickle, device="cpu", trust_code=trust_code
+    )
     training.check_teacher(nern, teacher_model)
     dataset = _load_datasets(data, split)
     _check_images(teacher_model, dataset, nern.arch.preset)
@@ -398,12 +436,172 @@ def distill_command(
     with out.progress("distill") as on_step, checkpointer.signals():
         nern = training.distill(
             nern, teacher_model, dataset, config, device=device, on_step=on_step, teacher_source=teacher_source,
-            checkpointer=checkpointer,
+            checkpointer=checkpointer, trust_code=trust_code,
         )  # fmt: skip
     seconds = time.perf_counter() - started
     save_artifact(nern, target)
     checkpointer.discard()
     out.result(distill_summary(nern, target, seconds=seconds), output.render_distill)
+
+
+def _compress_command(
+    out: output.Output,
+    nern_path: Path,
+    config: QuantizeConfig | PruneConfig,
+    *,
+    target: Path,
+    original: Path | None,
+    data: Sequence[str] | None,
+    split: str,
+    teacher: Path | None,
+    teacher_arch: str | None,
+    device: str,
+    trust_pickle: bool,
+    trust_code: bool,
+) -> None:
+    """quantize and prune: load, check every input before any work, compress, save, print the summary."""
+    stage = "quantize" if isinstance(config, QuantizeConfig) else "prune"
+    if not config.kd_iters and (data or teacher is not None or teacher_arch is not None):
+        raise UsageError("--data and --teacher are used by the KD phase only: add --kd-iters N or drop them")
+    nern = load_artifact(nern_path)
+    check_shapes(nern, trust_code=trust_code)
+    targets = None
+    if original is not None:
+        targets = _load_weights(original, trust_pickle=trust_pickle)
+    teacher_model = None
+    dataset = None
+    if config.kd_iters:
+        check_arch(nern.arch, trust_code=trust_code)  # the KD phase builds the student: refuse before any work
+        if teacher is None:
+            teacher_model = expand_model(nern, device="cpu", trust_code=trust_code)  # what compress defaults to
+        else:
+            teacher_model, _ = _load_model(
+                teacher, arch=teacher_arch, trust_pickle=trust_pickle, device="cpu", trust_code=trust_code
+            )
+            training.check_teacher(nern, teacher_model)
+        dataset = _load_datasets(data, split) if data else None
+        _check_images(teacher_model, dataset, nern.arch.preset)
+    phases = f"{config.qat_iters if isinstance(config, QuantizeConfig) else config.finetune_iters} recon steps"
+    if config.kd_iters:
+        images = "noise" if dataset is None else f"{dataset.source} ({len(dataset)} images)"
+        phases += f" + {config.kd_iters} KD steps on {images}"
+    out.log(f"{stage}: {nern_path} -> {target} ({phases})")
+    started = time.perf_counter()
+    with out.progress(stage) as on_step:
+        result = compress(
+            nern, config, target_weights=targets, data=dataset, teacher=teacher_model, device=device,
+            on_step=on_step, trust_code=trust_code,
+        )  # fmt: skip
+    seconds = time.perf_counter() - started
+    save_artifact(result, target)
+    out.result(compress_summary(result, nern_path, target, seconds=seconds), output.render_compress)
+
+
+@app.command(
+    "quantize",
+    epilog=_examples(
+        "nerncompress quantize resnet20.nern    # int8, GPTQ rounding + 1000 QAT steps -> resnet20.int8.nern",
+        "nerncompress quantize resnet20.nern --bits 4 --group-size 32 --qat-iters 2000 --raw-fp16",
+        "nerncompress quantize resnet20.nern --original resnet20.th --kd-iters 300 --data cifar-10-batches-py",
+        "nerncompress quantize resnet20.pruned.nern --bits fp16 --qat-iters 0 --json",
+    ),
+)
+def quantize_command(
+    nern_path: NernArg,
+    bits: BitsOpt = Bits(str(QUANTIZE_DEFAULTS.bits)),
+    group_size: GroupSizeOpt = None,
+    raw_fp16: RawFp16Opt = False,
+    rounding: RoundingOpt = Rounding(QUANTIZE_DEFAULTS.rounding),
+    qat_iters: QatItersOpt = QUANTIZE_DEFAULTS.qat_iters,
+    lr: FinetuneLrOpt = None,
+    original: OriginalOpt = None,
+    kd_iters: KdItersOpt = 0,
+    kd_lr: KdLrOpt = None,
+    data: KdDataOpt = None,
+    split: DataSplitOpt = "train",
+    teacher: KdTeacherOpt = None,
+    teacher_arch: TeacherArchOpt = None,
+    seed: SeedOpt = QUANTIZE_DEFAULTS.seed,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    output_path: OutputOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Quantize a .nern's predictor (2..8-bit integers or fp16), with quantization-aware fine-tuning.
+
+    The fine-tuning reconstructs the weights the input regenerates (or, with --original, the original checkpoint's)
+    through fake-quantized weights; --kd-iters adds a knowledge-distillation phase against the input's own network
+    (or --teacher) on --data (noise by default). Stages compose: prune first, then quantize. The default output, in
+    the current folder, is the input's name with the suffix .int8.nern, .int4.nern, ... or .fp16.nern.
+    """
+    out = output.Output(json_output)
+    _set_threads(threads)
+    suffix = "fp16" if bits.value == "fp16" else f"int{bits.value}"
+    target = _check_output(
+        output_path or Path(f"{nern_path.stem}.{suffix}.nern"), nern_path, original, teacher, *(data or [])
+    )
+    config = QuantizeConfig(
+        bits=bits.value, group_size=group_size, raw_fp16=raw_fp16, rounding=rounding.value, qat_iters=qat_iters,
+        lr=lr, kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
+    )  # fmt: skip
+    _compress_command(
+        out, nern_path, config, target=target, original=original, data=data, split=split, teacher=teacher,
+        teacher_arch=teacher_arch, device=device, trust_pickle=trust_pickle, trust_code=trust_code,
+    )  # fmt: skip
+
+
+@app.command(
+    "prune",
+    epilog=_examples(
+        "nerncompress prune resnet20.nern    # half the weights, 1000 fine-tuning steps -> resnet20.pruned.nern",
+        "nerncompress prune resnet20.nern --sparsity 0.7 --scope layer --finetune-iters 2000",
+        "nerncompress prune resnet20.nern --method structured --sparsity 0.3 --original resnet20.th --json",
+        "nerncompress prune resnet20.nern && nerncompress quantize resnet20.pruned.nern --bits 8",
+    ),
+)
+def prune_command(
+    nern_path: NernArg,
+    sparsity: SparsityOpt = PRUNE_DEFAULTS.sparsity,
+    method: MethodOpt = Method(PRUNE_DEFAULTS.method),
+    scope: ScopeOpt = Scope(PRUNE_DEFAULTS.scope),
+    finetune_iters: FinetuneItersOpt = PRUNE_DEFAULTS.finetune_iters,
+    lr: FinetuneLrOpt = None,
+    original: OriginalOpt = None,
+    kd_iters: KdItersOpt = 0,
+    kd_lr: KdLrOpt = None,
+    data: KdDataOpt = None,
+    split: DataSplitOpt = "train",
+    teacher: KdTeacherOpt = None,
+    teacher_arch: TeacherArchOpt = None,
+    seed: SeedOpt = PRUNE_DEFAULTS.seed,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    output_path: OutputOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Prune a .nern's predictor by magnitude, then fine-tune it with the pruned weights held at zero.
+
+    Unstructured pruning stores the kept weights sparse; structured pruning removes whole hidden units and leaves a
+    smaller dense predictor. The fine-tuning and --kd-iters work as in quantize. The default output, in the current
+    folder, is the input's name with the suffix .pruned.nern (model.nern: model.pruned.nern).
+    """
+    out = output.Output(json_output)
+    _set_threads(threads)
+    target = _check_output(
+        output_path or Path(f"{nern_path.stem}.pruned.nern"), nern_path, original, teacher, *(data or [])
+    )
+    config = PruneConfig(
+        method=method.value, sparsity=sparsity, scope=scope.value, finetune_iters=finetune_iters, lr=lr,
+        kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
+    )  # fmt: skip
+    _compress_command(
+        out, nern_path, config, target=target, original=original, data=data, split=split, teacher=teacher,
+        teacher_arch=teacher_arch, device=device, trust_pickle=trust_pickle, trust_code=trust_code,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- expand
@@ -422,12 +620,14 @@ def expand_command(
     opset: OpsetOpt = 18,
     verify: VerifyOpt = True,
     threads: RunThreadsOpt = None,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Regenerate the weights of a .nern into a plain .safetensors state_dict or a verified .onnx model.
 
     An ONNX output is checked against PyTorch with onnxruntime on fixed random inputs; when they disagree, no file
-    is written and the exit code is 4.
+    is written and the exit code is 4. A .safetensors output never builds the architecture; an ONNX output of a
+    .nern whose architecture is a user builder (pkg.module:function) needs --trust-code.
     """
     out = output.Output(json_output)
     _set_threads(threads)
@@ -435,9 +635,11 @@ def expand_command(
         raise UsageError(f"output {output_path} must end in .safetensors or .onnx")
     _check_output(output_path, nern_path)
     nern = load_artifact(nern_path)
-    check_shapes(nern)
+    check_shapes(nern, trust_code=trust_code)
+    if output_path.suffix.lower() == ".onnx":
+        check_arch(nern.arch, trust_code=trust_code)
     out.log(f"expanding {nern_path} -> {output_path}")
-    report = export(nern, output_path, device=device, opset=opset, verify=verify)
+    report = export(nern, output_path, device=device, opset=opset, verify=verify, trust_code=trust_code)
     out.result(report.to_dict(), output.render_expand)
 
 
@@ -461,6 +663,7 @@ def eval_command(
     batch_size: ImageBatchOpt = 500,
     threads: RunThreadsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Top-1 accuracy of a checkpoint or a .nern (expanded in memory) on a labelled dataset.
@@ -471,7 +674,7 @@ def eval_command(
     out = output.Output(json_output)
     _set_threads(threads)
     dataset = load_data(data, split=split)
-    model, spec = _load_model(model_path, arch=arch, trust_pickle=trust_pickle, device=device)
+    model, spec = _load_model(model_path, arch=arch, trust_pickle=trust_pickle, device=device, trust_code=trust_code)
     preset_name = preset or spec.preset
     mean, std = preset_stats(preset_name)
     out.log(f"evaluating {model_path} on {dataset.source} ({len(dataset)} images)")
@@ -485,7 +688,9 @@ def eval_command(
         "count": result.count,
     }
     if compare is not None:
-        other_model, _ = _load_model(compare, arch=arch, trust_pickle=trust_pickle, device=device)
+        other_model, _ = _load_model(
+            compare, arch=arch, trust_pickle=trust_pickle, device=device, trust_code=trust_code
+        )
         out.log(f"evaluating {compare} on the same images")
         other = evaluate(other_model, dataset, mean=mean, std=std, device=device, batch_size=batch_size)
         paired = compare_results(result, other, dataset.labels)

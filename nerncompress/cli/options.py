@@ -13,9 +13,11 @@ from typing import Annotated
 
 import typer
 
+from ..compression import METHODS, ROUNDINGS, SCOPES, PruneConfig, QuantizeConfig
 from ..devices import resolve_device
 from ..errors import UsageError
 from ..permutations import PERMUTATIONS
+from ..quantization import BITS
 from ..resume import DEFAULT_EVERY_SECONDS, DEFAULT_EVERY_STEPS
 from ..training import SCHEMES, DistillConfig, FitConfig
 
@@ -25,10 +27,16 @@ OUTPUT = "Output"
 
 FIT_DEFAULTS = FitConfig()
 DISTILL_DEFAULTS = DistillConfig()
+QUANTIZE_DEFAULTS = QuantizeConfig()
+PRUNE_DEFAULTS = PruneConfig()
 
 # Built from the engine's list so that a new permutation shows up in --help without touching the CLI.
 Permute = Enum("Permute", {name: name for name in PERMUTATIONS}, type=str)  # type: ignore[misc]
 Scheme = Enum("Scheme", {name: name for name in SCHEMES}, type=str)  # type: ignore[misc]
+Bits = Enum("Bits", {f"b{bits}": str(bits) for bits in BITS}, type=str)  # type: ignore[misc]
+Rounding = Enum("Rounding", {name: name for name in ROUNDINGS}, type=str)  # type: ignore[misc]
+Method = Enum("Method", {name: name for name in METHODS}, type=str)  # type: ignore[misc]
+Scope = Enum("Scope", {name: name for name in SCOPES}, type=str)  # type: ignore[misc]
 
 
 def _check_device(value: str) -> str:
@@ -81,6 +89,14 @@ TrustPickleOpt = Annotated[
     typer.Option(
         "--trust-pickle",
         help="Also read pickled modules and TorchScript archives. They run code when loaded: trusted files only.",
+    ),
+]
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Build a .nern whose architecture is a user builder (pkg.module:function): its module is imported and "
+        "runs code. Also lifts the bounds on a file's architecture kwargs. Trusted files only.",
     ),
 ]
 
@@ -244,3 +260,111 @@ VerifyOpt = Annotated[
     bool,
     typer.Option("--verify/--no-verify", help="Check the ONNX model against PyTorch with onnxruntime."),
 ]
+
+# ---------------------------------------------------------------------------------------- quantize and prune
+COMPRESSION = "Compression"
+
+BitsOpt = Annotated[
+    Bits,
+    typer.Option(
+        "--bits", help="Integer bits per predictor weight (symmetric, float16 scales), or fp16.",
+        rich_help_panel=COMPRESSION,
+    ),
+]  # fmt: skip
+GroupSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--group-size", min=1, help="Inputs sharing one scale. Default: one scale per output row.",
+        rich_help_panel=COMPRESSION,
+    ),
+]  # fmt: skip
+RawFp16Opt = Annotated[
+    bool,
+    typer.Option(
+        "--raw-fp16", help="Also store the raw float32 tensors (BatchNorm, classifier, raw convs) as float16.",
+        rich_help_panel=COMPRESSION,
+    ),
+]  # fmt: skip
+RoundingOpt = Annotated[
+    Rounding,
+    typer.Option(
+        "--rounding", help="gptq: round each layer with error compensation before fine-tuning; nearest: round "
+        "every weight to its nearest level.", rich_help_panel=COMPRESSION,
+    ),
+]  # fmt: skip
+QatItersOpt = Annotated[
+    int,
+    typer.Option(
+        "--qat-iters", min=0, help="Quantization-aware reconstruction steps (0: round only).",
+        rich_help_panel=TRAINING,
+    ),
+]  # fmt: skip
+SparsityOpt = Annotated[
+    float,
+    typer.Option(
+        "--sparsity", help="Share of weights (unstructured) or hidden units (structured) removed, in [0, 1).",
+        rich_help_panel=COMPRESSION,
+    ),
+]  # fmt: skip
+MethodOpt = Annotated[
+    Method,
+    typer.Option(
+        "--method", help="unstructured: single weights, stored sparse; structured: whole hidden units, a smaller "
+        "dense predictor.", rich_help_panel=COMPRESSION,
+    ),
+]  # fmt: skip
+ScopeOpt = Annotated[
+    Scope,
+    typer.Option(
+        "--scope", help="global: rank weights across all layers; layer: the same share from every layer.",
+        rich_help_panel=COMPRESSION,
+    ),
+]  # fmt: skip
+FinetuneItersOpt = Annotated[
+    int,
+    typer.Option(
+        "--finetune-iters", min=0, help="Reconstruction steps after pruning (0: none).", rich_help_panel=TRAINING
+    ),
+]
+FinetuneLrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lr", help="Peak learning rate of the reconstruction fine-tuning (Adam). Default: the stage's own "
+        "(quantize: 3e-6 at 8 bits, x2 per bit less, 1e-6 for fp16; prune: 1e-3).", rich_help_panel=TRAINING,
+    ),
+]  # fmt: skip
+OriginalOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--original", help="The original checkpoint: reconstruct its weights. Default: the weights the input .nern "
+        "regenerates (no checkpoint needed).", rich_help_panel=TRAINING,
+    ),
+]  # fmt: skip
+KdItersOpt = Annotated[
+    int,
+    typer.Option(
+        "--kd-iters", min=0, help="Knowledge-distillation steps after the reconstruction fine-tuning (0: none).",
+        rich_help_panel=TRAINING,
+    ),
+]  # fmt: skip
+KdLrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--kd-lr", help="Peak learning rate of the KD phase. Default: the smaller of 1e-5 and the stage's --lr.",
+        rich_help_panel=TRAINING,
+    ),
+]  # fmt: skip
+KdDataOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data", help="Images of the KD phase (repeat to combine datasets; 'noise', the default, for data-free).",
+        rich_help_panel=TRAINING,
+    ),
+]  # fmt: skip
+KdTeacherOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--teacher", help="Teacher of the KD phase: a checkpoint or a .nern. Default: the input .nern itself.",
+        rich_help_panel=TRAINING,
+    ),
+]  # fmt: skip

@@ -286,6 +286,78 @@ def render_distill(console: Console, data: Mapping[str, Any]) -> None:
     console.print(key_value_table("distill", rows))
 
 
+def compression_text(state: Mapping[str, Any] | None) -> str:
+    """A compression state (``Nern.compression``) in words: bits, group size, sparsity, raw fp16."""
+    if not state:
+        return "none (float32)"
+    parts = []
+    quantize = state.get("quantize")
+    if isinstance(quantize, Mapping):
+        bits = quantize.get("bits")
+        if bits == "fp16":
+            parts.append("quantized: fp16 weights and biases")
+        else:
+            group = quantize.get("group_size")
+            scales = f"one scale per {group} inputs" if group else "one scale per row"
+            parts.append(f"quantized: {bits} bits (int{bits}), {scales}, {quantize.get('bias_dtype', '-')} biases")
+    prune = state.get("prune")
+    if isinstance(prune, Mapping):
+        layout = state.get("layout") or {}
+        matrices = "matrix" if len(layout) == 1 else "matrices"
+        stored = f", {len(layout)} weight {matrices} stored sparse" if layout else ""
+        parts.append(f"pruned: sparsity {_share(prune.get('sparsity'))} ({prune.get('scope')}, unstructured{stored})")
+    structured = state.get("structured")
+    if isinstance(structured, Mapping):
+        parts.append(
+            f"structured pruning: {_share(structured.get('sparsity'))} of hidden units removed "
+            f"({structured.get('scope')}; widths before {structured.get('widths_before')})"
+        )
+    if state.get("raw_fp16"):
+        parts.append("raw tensors stored as float16")
+    return "; ".join(parts) or json.dumps(dict(state))
+
+
+def _share(value: Any) -> str:
+    return f"{100 * value:.4g}%" if isinstance(value, (int, float)) else "-"
+
+
+def _errors(errors: Mapping[str, Any] | None) -> str:
+    if not errors or "rmse" not in errors:
+        return "-"
+    relative = errors.get("relative_rmse")
+    return f"{errors['rmse']:.4g}" + ("" if relative is None else f" ({percent(relative)} of the weights' std)")
+
+
+def render_compress(console: Console, data: Mapping[str, Any]) -> None:
+    """Summary of ``nerncompress quantize`` and ``nerncompress prune``."""
+    before, after = data["file_bytes_before"], data["file_bytes_after"]
+    errors = data.get("reconstruction", {})
+    targets = "--original weights" if data.get("targets") == "given" else "the input's own regenerated weights"
+    predictor_before, predictor_after = data.get("predictor_bytes_before"), data.get("predictor_bytes_after")
+    rows: list[tuple[str, Any]] = [
+        ("artifact", data["path"]),
+        ("input", data["input"]),
+        ("compression", compression_text(data.get("compression"))),
+        ("size", f"{human_bytes(before)} -> {human_bytes(after)}  ({percent(after / before if before else None)} "
+                 "of the input)"),
+        ("predictor bytes", f"{_cell(predictor_before)} -> {_cell(predictor_after)}"),
+        ("file ratio", f"{percent(data['file_ratio_before'])} -> {percent(data['file_ratio'])}  (.nern bytes / "
+                       f"{data['fp32_reference_bytes']:,} B fp32 safetensors)"),
+        ("conv ratio", f"{percent(data['conv_ratio'])}  ({data['predictor_parameters']:,} predictor params / "
+                       f"{data['conv_parameters']:,} conv weights)"),
+    ]  # fmt: skip
+    if "achieved_sparsity" in data:
+        rows.append(("achieved sparsity", _share(data["achieved_sparsity"])))
+    if "widths_after" in data:
+        rows.append(("hidden widths", f"{data.get('widths_before')} -> {data['widths_after']}"))
+    rows.append(("RMSE measured against", targets))
+    labels = (("before", "RMSE before"), ("naive", "RMSE compressed, no fine-tuning"), ("gptq", "RMSE after GPTQ "
+              "rounding"), ("after", "RMSE after"))  # fmt: skip
+    rows += [(label, _errors(errors[key])) for key, label in labels if key in errors]
+    rows.append(("time", f"{data['seconds']:.1f} s ({data.get('steps')} fine-tuning steps on {data.get('device')})"))
+    console.print(key_value_table(str(data.get("stage") or "compress"), rows))
+
+
 def render_expand(console: Console, data: Mapping[str, Any]) -> None:
     """Summary of ``nerncompress expand``."""
     rows = [
@@ -368,7 +440,7 @@ def render_artifact(console: Console, data: Mapping[str, Any]) -> None:
                               f"kernel sizes {predictor['kernel_sizes']}"),
                 ("embedding", f"levels {embedding['levels']}, base {embedding['base']} ({embedding['dim']} dims)"),
                 ("permutation", data["permute"]),
-                ("compression", json.dumps(data["compression"]) if data["compression"] else "none (float32)"),
+                ("compression", compression_text(data["compression"])),
                 ("conv ratio", f"{percent(data['conv_ratio'])}  ({data['predictor_parameters']:,} predictor params / "
                                f"{data['conv_parameters']:,} conv weights)"),
                 ("file ratio", f"{percent(data['file_ratio'])}  ({total:,} B / {data['fp32_reference_bytes']:,} B "

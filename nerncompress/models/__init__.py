@@ -9,6 +9,7 @@ from . import torchvision_models as _torchvision_models  # noqa: F401  (register
 from .registry import (
     ArchSpec,
     build_model,
+    check_arch,
     detect_arch,
     get_arch,
     list_archs,
@@ -20,6 +21,7 @@ from .registry import (
 __all__ = [
     "ArchSpec",
     "build_model",
+    "check_arch",
     "detect_arch",
     "get_arch",
     "list_archs",

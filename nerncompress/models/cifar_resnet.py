@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import matches_shapes, register_arch
+from .registry import MAX_NUM_CLASSES, matches_shapes, register_arch
 
 __all__ = ["BasicBlock", "CifarResNet", "PadShortcut", "cifar_resnet", "detect_cifar_resnet"]
 
 _DEFAULT_WIDTH = 16
+# What a .nern may ask for without --trust-code: up to ResNet-1202 (the paper's deepest) and 64x its width.
+LIMITS = {"depth": 1202, "width": 1024, "num_classes": MAX_NUM_CLASSES}
 
 
 class PadShortcut(nn.Module):
@@ -130,7 +132,9 @@ def detect_cifar_resnet(state_dict: Mapping[str, Tensor]) -> dict[str, Any] | No
     return kwargs
 
 
-@register_arch("cifar_resnet", detector=detect_cifar_resnet, preset="imagenet", input_shape=(3, 32, 32))
+@register_arch(
+    "cifar_resnet", detector=detect_cifar_resnet, preset="imagenet", input_shape=(3, 32, 32), limits=LIMITS
+)
 def cifar_resnet(*, depth: int = 20, num_classes: int = 10, width: int = _DEFAULT_WIDTH) -> CifarResNet:
     """Build a CIFAR ResNet.
 

@@ -8,12 +8,22 @@ builder accepts. Besides registered names, two open-ended forms are understood:
 * ``"pkg.module:function"``: a user builder, imported and called with the spec's kwargs (none when resolved from
   ``--arch``). Its preset and input shape default to ``"imagenet"`` and ``(3, 224, 224)``; the function may override
   them with ``function.preset = "cifar10"`` and ``function.input_shape = (3, 32, 32)`` attributes.
+
+Trust: importing a user builder runs its module's code. A spec the caller makes (``resolve_arch`` of the user's own
+``--arch``, ``ArchSpec(...)`` in code) is trusted. A spec read from a file (``ArchSpec.from_dict``, which
+``load_artifact`` uses) is not: building it (``get_arch``/``build_model`` and everything built on them) refuses a user
+builder with a UsageError unless ``trust_code=True`` (the CLI's ``--trust-code``), and refuses kwargs outside the
+bounds its registered architecture declares (``register_arch(limits=...)``) or an outsized input shape with an
+ArchDetectionError, so that a crafted file can neither run code nor make the machine build a gigantic model.
+``check_arch`` applies these rules without building anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,11 +32,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ArchDetectionError
+from ..errors import ArchDetectionError, UsageError
 
 __all__ = [
     "ArchSpec",
     "build_model",
+    "check_arch",
     "detect_arch",
     "get_arch",
     "list_archs",
@@ -45,6 +56,12 @@ _BN_COUNTER = "num_batches_tracked"
 # Last path segments that name a classifier head in torchvision-style models.
 _HEAD_NAMES = {"fc", "classifier", "head", "heads", "linear", "logits", "last_linear"}
 _USER_BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# Bounds on what an untrusted spec (read from a file) may ask for. Registered architectures declare their own
+# integer kwargs' bounds (``register_arch(limits=...)``); any other kwarg may only be a bool or None.
+MAX_NUM_CLASSES = 100_000
+TORCHVISION_LIMITS: dict[str, int] = {"num_classes": MAX_NUM_CLASSES}  # torchvision:<name> models not registered
+MAX_INPUT_CHANNELS = 64
+MAX_INPUT_ELEMENTS = 2**24  # C * H * W of one image: 16.7M values (4096 x 4096 x 1, 2364 x 2364 x 3)
 
 
 @dataclass(frozen=True)
@@ -56,12 +73,15 @@ class ArchSpec:
         kwargs: JSON-serialisable builder kwargs, e.g. ``{"depth": 56, "num_classes": 10}``.
         preset: normalisation preset name (a key of ``data.NORMALIZATION_PRESETS``).
         input_shape: ``(C, H, W)`` of one input image.
+        untrusted: read from a file (``from_dict``): building it refuses user builders unless ``trust_code=True``,
+            and bounds its kwargs (see the module docstring). Not part of equality, hashing or ``to_dict``.
     """
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     preset: str = _DEFAULT_PRESET
     input_shape: tuple[int, int, int] = _DEFAULT_INPUT_SHAPE
+    untrusted: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # A private copy, so that a caller mutating its dict cannot change a frozen spec.
@@ -75,6 +95,14 @@ class ArchSpec:
 
     def __hash__(self) -> int:
         return hash((self.name, json.dumps(self.kwargs, sort_keys=True, default=repr), self.preset, self.input_shape))
+
+    def trusted(self) -> ArchSpec:
+        """The same spec, trusted: the caller vouches for the file it came from (``--trust-code``)."""
+        return dataclasses.replace(self, untrusted=False) if self.untrusted else self
+
+    def is_user_builder(self) -> bool:
+        """Whether building this spec imports user code (``pkg.module:function``, not registered)."""
+        return self.name not in _REGISTRY and not self.name.startswith(TORCHVISION_PREFIX)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy.
@@ -90,11 +118,12 @@ class ArchSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ArchSpec:
+    def from_dict(cls, data: Mapping[str, Any], *, trusted: bool = False) -> ArchSpec:
         """Inverse of :meth:`to_dict`.
 
         Args:
             data: a mapping with ``name`` (required), ``kwargs``, ``preset`` and ``input_shape``.
+            trusted: False (the default) marks the spec ``untrusted``: it comes from a file.
 
         Returns:
             The spec.
@@ -115,6 +144,7 @@ class ArchSpec:
             kwargs=dict(kwargs),
             preset=str(data.get("preset", _DEFAULT_PRESET)),
             input_shape=tuple(shape),  # type: ignore[arg-type]
+            untrusted=not trusted,
         )
 
 
@@ -124,6 +154,7 @@ class _Entry:
     detector: Detector | None
     preset: str
     input_shape: tuple[int, int, int]
+    limits: Mapping[str, int] | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -135,6 +166,7 @@ def register_arch(
     detector: Detector | None = None,
     preset: str = _DEFAULT_PRESET,
     input_shape: tuple[int, int, int] = _DEFAULT_INPUT_SHAPE,
+    limits: Mapping[str, int] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator that registers a builder under ``name``.
 
@@ -144,6 +176,8 @@ def register_arch(
             exactly this architecture, ``None`` otherwise. Entries without a detector are never auto-detected.
         preset: normalisation preset name.
         input_shape: ``(C, H, W)`` of one input image.
+        limits: the largest value of each integer kwarg a spec read from a file may ask for (e.g.
+            ``{"depth": 1202}``); other kwargs from a file may only be bools or None. None: kwargs are not checked.
 
     Returns:
         A decorator that returns the builder unchanged.
@@ -155,7 +189,9 @@ def register_arch(
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"An architecture named {name!r} is already registered")
-        _REGISTRY[name] = _Entry(builder, detector, preset, tuple(int(v) for v in input_shape))  # type: ignore[arg-type]
+        shape = tuple(int(v) for v in input_shape)
+        bounds = None if limits is None else dict(limits)
+        _REGISTRY[name] = _Entry(builder, detector, preset, shape, bounds)  # type: ignore[arg-type]
         return builder
 
     return wrap
@@ -204,19 +240,77 @@ def _build_torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
     return torchvision.models.get_model(tv_name, weights=None, **kwargs)
 
 
-def get_arch(spec: ArchSpec | str, **kwargs: Any) -> nn.Module:
+def check_arch(spec: ArchSpec | str, *, trust_code: bool = False, **kwargs: Any) -> None:
+    """Refuse, without building or importing anything, an untrusted spec that may not be built.
+
+    Only specs marked ``untrusted`` (read from a file) are checked, and only without ``trust_code``. Names and
+    ``ArchSpec`` objects made by the caller are the caller's own choice and pass.
+
+    Args:
+        spec: the spec to build.
+        trust_code: the caller trusts the file the spec came from (``--trust-code``): nothing is checked.
+        **kwargs: builder kwargs that override those of ``spec`` (as in ``get_arch``).
+
+    Raises:
+        UsageError: the spec names a user builder (``pkg.module:function``), whose module building would import.
+        ArchDetectionError: a kwarg beyond its architecture's bounds, or not allowed from a file, or an input shape
+            beyond ``MAX_INPUT_CHANNELS`` / ``MAX_INPUT_ELEMENTS``.
+    """
+    if not isinstance(spec, ArchSpec) or not spec.untrusted or trust_code:
+        return
+    name = spec.name
+    if spec.is_user_builder():
+        if not _USER_BUILDER.match(name):
+            return  # an unknown name: get_arch refuses it without importing anything
+        raise UsageError(
+            f"the file's architecture {name!r} is a user builder: building it imports module "
+            f"{name.partition(':')[0]!r} and runs its code; pass --trust-code (trust_code=True) only for files "
+            "you trust"
+        )
+    channels, height, width = spec.input_shape
+    if channels > MAX_INPUT_CHANNELS or channels * height * width > MAX_INPUT_ELEMENTS:
+        raise ArchDetectionError(
+            f"arch {name}: input shape {spec.input_shape} from the file is beyond the bounds ({MAX_INPUT_CHANNELS} "
+            f"channels, {MAX_INPUT_ELEMENTS:,} values): corrupt or crafted? pass --trust-code only if you trust it"
+        )
+    limits = _REGISTRY[name].limits if name in _REGISTRY else TORCHVISION_LIMITS
+    if limits is None:
+        return
+    for key, value in {**spec.kwargs, **kwargs}.items():
+        bound = limits.get(key)
+        if bound is None:
+            if value is None or isinstance(value, bool):
+                continue
+            allowed = ", ".join(sorted(limits)) or "none"
+            raise ArchDetectionError(
+                f"arch {name}: kwarg {key}={value!r} from the file is not allowed there (integer kwargs: {allowed}); "
+                "pass --trust-code only if you trust the file"
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+            raise ArchDetectionError(
+                f"arch {name}: kwarg {key}={value!r} from the file is out of bounds (an int in 1..{bound}): corrupt "
+                "or crafted? pass --trust-code only if you trust the file"
+            )
+
+
+def get_arch(spec: ArchSpec | str, *, trust_code: bool = False, **kwargs: Any) -> nn.Module:
     """Build an untrained model.
 
     Args:
         spec: an :class:`ArchSpec`, or a name (registered, ``torchvision:<name>`` or ``pkg.module:function``).
+        trust_code: build an ``untrusted`` spec (read from a file) anyway: import its user builder, skip the bounds
+            on its kwargs (see :func:`check_arch`). Trusted specs and plain names do not need it.
         **kwargs: builder kwargs; they override those of ``spec``.
 
     Returns:
         The freshly initialised model.
 
     Raises:
-        ArchDetectionError: for an unknown name, an unimportable user builder, or kwargs the builder rejects.
+        UsageError: an untrusted spec names a user builder and ``trust_code`` is False.
+        ArchDetectionError: for an unknown name, an unimportable user builder, kwargs the builder rejects, or an
+            untrusted spec beyond the bounds (see :func:`check_arch`).
     """
+    check_arch(spec, trust_code=trust_code, **kwargs)
     if isinstance(spec, ArchSpec):
         name, merged = spec.name, {**spec.kwargs, **kwargs}
     else:
@@ -387,7 +481,9 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(d) for d in t.shape) + ")"
 
 
-def build_model(spec: ArchSpec, state_dict: Mapping[str, Tensor] | None = None) -> nn.Module:
+def build_model(
+    spec: ArchSpec, state_dict: Mapping[str, Tensor] | None = None, *, trust_code: bool = False
+) -> nn.Module:
     """Build the model of ``spec`` and load ``state_dict`` strictly.
 
     Missing ``num_batches_tracked`` buffers are the only tolerated difference: they keep the model's own value.
@@ -395,15 +491,17 @@ def build_model(spec: ArchSpec, state_dict: Mapping[str, Tensor] | None = None) 
     Args:
         spec: the architecture.
         state_dict: normalised weights, or ``None`` for an untrained model.
+        trust_code: build an untrusted spec (read from a file) anyway, as in :func:`get_arch`.
 
     Returns:
         The model, in eval mode, on the CPU.
 
     Raises:
-        ArchDetectionError: for an unknown arch, or a missing key, unexpected key or shape mismatch (the message
-            names the first offending key).
+        UsageError: an untrusted spec names a user builder and ``trust_code`` is False.
+        ArchDetectionError: for an unknown arch, an untrusted spec beyond the bounds, or a missing key, unexpected
+            key or shape mismatch (the message names the first offending key).
     """
-    model = get_arch(spec)
+    model = get_arch(spec, trust_code=trust_code)
     if state_dict is not None:
         own = model.state_dict()
         for key, ref in own.items():

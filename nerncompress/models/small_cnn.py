@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .registry import matches_shapes, register_arch
+from .registry import MAX_NUM_CLASSES, matches_shapes, register_arch
 
 __all__ = ["DigitsCNN", "detect_digits_cnn", "digits_cnn"]
 
@@ -66,7 +66,10 @@ def detect_digits_cnn(state_dict: Mapping[str, Tensor]) -> dict[str, Any] | None
     return kwargs
 
 
-@register_arch("digits_cnn", detector=detect_digits_cnn, preset="digits", input_shape=(1, 8, 8))
+@register_arch(
+    "digits_cnn", detector=detect_digits_cnn, preset="digits", input_shape=(1, 8, 8),
+    limits={"width": 1024, "num_classes": MAX_NUM_CLASSES},
+)  # fmt: skip
 def digits_cnn(*, width: int = _DEFAULT_WIDTH, num_classes: int = 10) -> DigitsCNN:
     """Build the digits CNN.
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .registry import TORCHVISION_PREFIX, Detector, matches_shapes, register_arch
+from .registry import TORCHVISION_LIMITS, TORCHVISION_PREFIX, Detector, matches_shapes, register_arch
 
 __all__ = ["TORCHVISION_DETECTED"]
 
@@ -97,9 +97,10 @@ def _register() -> None:
     detectors.update({name: _vgg_detector(name) for name in _VGGS})
     detectors["mobilenet_v2"] = _detect_mobilenet_v2
     for tv_name, detector in detectors.items():
-        register_arch(TORCHVISION_PREFIX + tv_name, detector=detector, preset="imagenet", input_shape=(3, 224, 224))(
-            _builder(tv_name)
-        )
+        register_arch(
+            TORCHVISION_PREFIX + tv_name, detector=detector, preset="imagenet", input_shape=(3, 224, 224),
+            limits=TORCHVISION_LIMITS,
+        )(_builder(tv_name))  # fmt: skip
 
 
 _register()

@@ -1,0 +1,33 @@
+"""Merge the results of several benchmark runs (e.g. one per model, run side by side) into one table and plot.
+
+    python benchmarks/merge.py /tmp/bench/r20 /tmp/bench/r56 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from run import write_results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="output folders of benchmarks/run.py")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows, metas = [], []
+    for folder in args.runs:
+        result = json.loads((folder / "results.json").read_text())
+        rows += result["rows"]
+        metas.append(result["meta"])
+    meta = dict(metas[0])
+    meta["runs"] = metas
+    meta["threads"] = "/".join(str(m["threads"]) for m in metas)
+    meta["command"] = " ; ".join(m["command"] for m in metas)
+    write_results(rows, meta, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="output folders of benchmarks/run.py")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--note", default="", help="a line printed under the table's header (e.g. machine load)")
     args = parser.parse_args()
     rows, metas = [], []
     for folder in args.runs:
@@ -26,6 +27,7 @@ def main() -> None:
     meta["runs"] = metas
     meta["threads"] = "/".join(str(m["threads"]) for m in metas)
     meta["command"] = " ; ".join(m["command"] for m in metas)
+    meta["note"] = args.note
     write_results(rows, meta, args.out)
 
 

@@ -283,18 +283,21 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path) -> None:
     lines = [
         f"Measured {meta['date']} on {meta['device']} with {meta['threads']} threads, torch {meta['torch']}, "
         f"commit {meta['commit'][:10]}, seed {meta['seed']}, mode {meta['mode']}.",
-        "",
-        "| model | method | file ratio | conv ratio | bytes | top-1 lossless | delta (jpeg, paired) | agreement | fit s | expand s (safetensors / onnx) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *([meta["note"], ""] if meta.get("note") else [""]),
+        "| model | method | file ratio | conv ratio | bytes | top-1 lossless | delta (jpeg, paired) | agreement | fit s "
+        "| expand s (safetensors / onnx) | peak RSS MB (fit / expand) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         conv = f"{r['conv_ratio']:.1%}" if r.get("conv_ratio") else ""
         fit_s = f"{r['fit_seconds']:.0f}" if r.get("fit_seconds") is not None else ""
         expand = (f"{r['expand_safetensors_seconds']:.2f} / {r['expand_onnx_seconds']:.1f}"
                   if r.get("expand_safetensors_seconds") is not None else "")  # fmt: skip
+        rss = (f"{r['fit_peak_rss_mb']:.0f} / {r['expand_safetensors_peak_rss_mb']:.0f}"
+               if r.get("fit_peak_rss_mb") is not None else "")  # fmt: skip
         lines.append(
             f"| {r['model']} | {r['method']} | {r['file_ratio']:.1%} | {conv} | {r['bytes']:,} | {r['top1_lossless']:.1f} "
-            f"| {r['delta_jpeg']:+.2f} | {r['agreement_jpeg']:.1f}% | {fit_s} | {expand} |"
+            f"| {r['delta_jpeg']:+.2f} | {r['agreement_jpeg']:.1f}% | {fit_s} | {expand} | {rss} |"
         )
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     try:

@@ -98,10 +98,13 @@ def tensor_specs(nern: Nern) -> list[TensorSpec]:
     return specs
 
 
+_CPU_CHECK_ELEMENTS = 16_000_000
+
+
 def check_shapes(nern: Nern, *, trust_code: bool = False) -> None:
     """Refuse a Nern whose tensors do not fit its architecture (keys and shapes), before anything is written.
 
-    The architecture is built on the meta device (no memory, no weights). Architectures named ``pkg.module:function``
+    The architecture is built on the CPU for models up to 16M values and on the meta device (no weights) above. Architectures named ``pkg.module:function``
     are not imported here, since importing runs the module's code; they are checked when the model is built.
     ``trust_code`` lifts the bounds on the kwargs of an architecture read from a file (``registry.check_arch``).
 
@@ -114,13 +117,17 @@ def check_shapes(nern: Nern, *, trust_code: bool = False) -> None:
     if nern.arch.is_user_builder():
         return
     check_arch(nern.arch, trust_code=trust_code)  # its own one-line message: kwargs beyond a file's bounds
+    specs = {key: shape for key, _, shape in tensor_specs(nern)}
+    elements = sum(int(torch.Size(shape).numel()) for shape in specs.values())
+    # Entering the meta-device context costs about 180 MB of RSS on first use, more than building a small model
+    # for real; a model that matches the file holds `elements` values, so small ones are built on the CPU.
+    device = "cpu" if elements <= _CPU_CHECK_ELEMENTS else "meta"
     try:
-        with torch.device("meta"):
+        with torch.device(device):
             reference = get_arch(nern.arch, trust_code=trust_code).state_dict()
     except Exception as exc:  # noqa: BLE001 - the arch spec comes from the file: any failure means a bad spec
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ArtifactError(f"arch {name} {nern.arch.kwargs} of the .nern cannot be built: {detail}") from exc
-    specs = {key: shape for key, _, shape in tensor_specs(nern)}
     for key, shape in specs.items():
         if key not in reference:
             raise ArtifactError(

@@ -49,15 +49,6 @@ def assert_one_line_error(result, code: int) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two threads on two shared cores are many times slower than one when other jobs run (measured).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict[str, Path]:
     """A tiny CIFAR ResNet-8 checkpoint, a .nern fitted from it through the CLI, and a 16-image .npz."""

@@ -52,14 +52,6 @@ def edit_arch(source: Path, target: Path, **changes) -> Path:
     return target
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> dict[str, Path]:
     """A ResNet-8 checkpoint, a .nern fitted from it, its int8 and pruned versions, and 16 images."""

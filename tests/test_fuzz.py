@@ -30,14 +30,6 @@ CHECKPOINT_MUTANTS = 110
 app_module = importlib.import_module("nerncompress.cli.app")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory) -> dict[str, Path]:
     """Valid files to mutate: three .nern layouts, a torch.save checkpoint, a safetensors checkpoint; and images."""

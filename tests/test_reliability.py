@@ -33,14 +33,6 @@ def invoke(*args, env: dict[str, str] | None = None):
     return RUNNER.invoke(app, [str(a) for a in args], env=env)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _edit_header(data: bytes, edit) -> bytes:
     """Apply ``edit(header_dict)`` to a safetensors file's JSON header, keeping the data section as is."""
     (length,) = struct.unpack("<Q", data[:8])

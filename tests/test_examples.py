@@ -1,0 +1,26 @@
+"""The example script runs end to end on a tiny model."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helpers import tiny_resnet_state_dict
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "compress_checkpoint.py"
+
+
+def test_compress_checkpoint_example(tmp_path, monkeypatch, capsys):
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save({"state_dict": tiny_resnet_state_dict()}, checkpoint)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "images.npz"
+    np.savez(data, x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, 40))
+    argv = [str(EXAMPLE), str(checkpoint), "--train", str(data), "--test", str(data), "--hidden", "16",
+            "--fit-iters", "20", "--distill-iters", "2", "--qat-iters", "2", "--out", str(tmp_path / "out")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    assert "compressed_top1" in capsys.readouterr().out
+    assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "model.safetensors").is_file()

@@ -21,15 +21,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     A failed or interrupted write therefore never leaves a half-written file behind.
     """
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"output folder {folder} does not exist: create it first")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise UsageError(f"output folder {folder} is not writable ({exc.strerror}): choose another -o") from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temporary_file_beside(target, ".tmp")
     try:
         yield tmp
         # mkstemp creates the file 0600; give the output the permissions an ordinary open() would have.
@@ -58,8 +50,6 @@ def check_output_path(output: PathLike, *inputs: PathLike | None) -> Path:
         if item is None:
             continue
         src = Path(item)
-        if src.exists() and out.exists() and out.resolve() == src.resolve():
-            raise UsageError(f"output {out} is the same file as input {src}: choose another -o")
         if out.resolve() == src.resolve():
             raise UsageError(f"output {out} is the same file as input {src}: choose another -o")
     return out
@@ -75,13 +65,18 @@ def check_writable_folder(path: PathLike) -> Path:
         UsageError: naming the folder and the reason.
     """
     target = Path(path)
+    _temporary_file_beside(target, ".probe").unlink()
+    return target
+
+
+def _temporary_file_beside(target: Path, suffix: str) -> Path:
+    """Create an empty temporary file in ``target``'s folder; UsageError when the folder is missing or read-only."""
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"output folder {folder} does not exist: create it first or choose another -o")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=folder)
     except OSError as exc:
         raise UsageError(f"output folder {folder} is not writable ({exc.strerror}): choose another -o") from exc
     os.close(fd)
-    os.unlink(probe)
-    return target
+    return Path(name)

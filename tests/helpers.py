@@ -24,3 +24,12 @@ def tiny_fit(state_dict=None, **overrides):
     state_dict = state_dict if state_dict is not None else tiny_resnet_state_dict()
     config = FitConfig(**{"hidden": 16, "iters": 30, "batch_size": 256, **overrides})
     return fit(state_dict, config, device="cpu")
+
+
+def write_random_images(path, count: int, shape: tuple[int, int, int] = (32, 32, 3), seed: int = 0):
+    """A labelled .npz of ``count`` random uint8 images (N, H, W, C) with labels 0..9; returns ``path``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    np.savez(path, x=rng.integers(0, 256, (count, *shape), dtype=np.uint8), y=rng.integers(0, 10, count))
+    return path

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_resnet_state_dict
+from helpers import tiny_resnet_state_dict, write_random_images
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -55,9 +55,8 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("cli")
     checkpoint = folder / "tiny.pt"
     torch.save(tiny_resnet_state_dict(), checkpoint)
-    rng = np.random.default_rng(0)
     data = folder / "images.npz"
-    np.savez(data, x=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, 16))
+    write_random_images(data, 16)
     nern = folder / "tiny.nern"
     result = invoke("fit", checkpoint, *FAST_FIT, "-o", nern)
     assert result.exit_code == 0, result.stderr

@@ -9,10 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from helpers import tiny_resnet_state_dict
+from helpers import tiny_resnet_state_dict, write_random_images
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -58,9 +57,8 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("compress")
     checkpoint = folder / "tiny.pt"
     torch.save(tiny_resnet_state_dict(), checkpoint)
-    rng = np.random.default_rng(0)
     images = folder / "images.npz"
-    np.savez(images, x=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, 16))
+    write_random_images(images, 16)
     nern = folder / "tiny.nern"
     assert invoke("fit", checkpoint, *FAST_FIT, "-o", nern).exit_code == 0
     quantized = folder / "tiny.int8.nern"

@@ -4,10 +4,9 @@ import runpy
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from helpers import tiny_resnet_state_dict
+from helpers import tiny_resnet_state_dict, write_random_images
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "compress_checkpoint.py"
 
@@ -15,9 +14,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "compress_checkpoin
 def test_compress_checkpoint_example(tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "tiny.pt"
     torch.save({"state_dict": tiny_resnet_state_dict()}, checkpoint)
-    rng = np.random.default_rng(0)
     data = tmp_path / "images.npz"
-    np.savez(data, x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, 40))
+    write_random_images(data, 40)
     argv = [str(EXAMPLE), str(checkpoint), "--train", str(data), "--test", str(data), "--hidden", "16",
             "--fit-iters", "20", "--distill-iters", "2", "--qat-iters", "2", "--out", str(tmp_path / "out")]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from helpers import tiny_resnet_state_dict
+from helpers import tiny_resnet_state_dict, write_random_images
 from typer.testing import CliRunner
 
 from nerncompress.artifact import save_artifact
@@ -42,9 +41,8 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     torch.save(tiny_resnet_state_dict(), checkpoint)
     nern = folder / "tiny.nern"
     save_artifact(fit(tiny_resnet_state_dict(), FitConfig(hidden=8, iters=5, batch_size=64), device="cpu"), nern)
-    rng = np.random.default_rng(1)
     data = folder / "images.npz"
-    np.savez(data, x=rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, 24))
+    write_random_images(data, 24, seed=1)
     return {"checkpoint": checkpoint, "nern": nern, "data": data}
 
 

@@ -18,10 +18,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--note", default="", help="a line printed under the table's header (e.g. machine load)")
     args = parser.parse_args()
-    rows, metas = [], []
+    rows, metas, seen = [], [], set()
     for folder in args.runs:
         result = json.loads((folder / "results.json").read_text())
-        rows += result["rows"]
+        for row in result["rows"]:  # runs of the same model repeat its baselines: keep the first
+            if (row["model"], row["method"]) not in seen:
+                seen.add((row["model"], row["method"]))
+                rows.append(row)
         metas.append(result["meta"])
     meta = dict(metas[0])
     meta["runs"] = metas

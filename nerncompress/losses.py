@@ -30,6 +30,17 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: floa
     return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
+def logit_mse_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Mean squared difference of the logits, after removing each row's mean (softmax ignores a shift).
+
+    Matches the teacher's whole output, not only its distribution at one temperature: the limit of KD at high
+    temperature (Hinton et al., 2015).
+    """
+    student = student_logits - student_logits.mean(dim=1, keepdim=True)
+    teacher = teacher_logits - teacher_logits.mean(dim=1, keepdim=True)
+    return (student - teacher).pow(2).mean()
+
+
 def feature_map_loss(student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
     """NeRN's feature-map distillation: squared difference of per-sample L2-normalised feature maps, summed over
     the tapped layers and averaged over the batch."""

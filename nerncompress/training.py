@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import __version__
-from .data import ImageData, augment_batch, noise_batch, preset_stats, split_holdout, to_float
+from .data import MIX_METHODS, ImageData, augment_batch, mix_batch, noise_batch, preset_stats, split_holdout, to_float
 from .devices import resolve_device
 from .embeddings import EmbeddingConfig
 from .errors import UsageError
 from .layers import following_batchnorms, plan_layers
-from .losses import capture_features, feature_map_loss, feature_taps, kd_loss
+from .losses import capture_features, feature_map_loss, feature_taps, kd_loss, logit_mse_loss
 from .models.registry import ArchSpec, build_model, check_arch, get_arch, resolve_arch
 from .nern import Nern, filter_scales, normalised_kernels
 from .permutations import PERMUTATIONS, compute_positions
@@ -423,6 +423,7 @@ def train_reconstruction(
 # Training against a teacher network: NeRN's joint objective (fit --scheme nern) and the decoupled `distill`.
 
 DISTILL_CONFIG_VERSION = 1
+KD_LOSSES = ("kl", "mse")
 
 
 @dataclass
@@ -436,11 +437,14 @@ class DistillConfig:
         warmup, final_lr_ratio: schedule (see ``lr_at``).
         batch_size: images per step.
         temperature: softening of both output distributions in the KL term.
+        kd_loss: ``kl`` (Hinton's KL at ``temperature``) or ``mse`` (squared difference of centred logits).
         kd_weight: weight of logits KD.
         fmd_weight: weight of feature-map distillation (0 = off; NeRN: 1e-4 for ResNet-20).
         recon_weight: weight of kernel reconstruction against the original weights (0 = off; NeRN: 1).
         recon_sample: kernels per step in the reconstruction term (NeRN: 4096).
         augment: CIFAR-style crop + flip of the training images.
+        mix: ``none``, ``mixup`` or ``cutmix`` blending of images within a batch (see ``data.mix_batch``).
+        mix_fraction: share of each batch that is mixed.
         holdout: share of the training images held out to select the best step (never the test set).
         eval_every: steps between holdout evaluations (0 = only at the end).
         noise_low, noise_high: range of the uniform noise images of data-free distillation.
@@ -454,11 +458,14 @@ class DistillConfig:
     final_lr_ratio: float = 0.1
     batch_size: int = 128
     temperature: float = 1.0
+    kd_loss: str = "kl"
     kd_weight: float = 1.0
     fmd_weight: float = 0.0
     recon_weight: float = 0.0
     recon_sample: int = 4096
     augment: bool = True
+    mix: str = "mixup"
+    mix_fraction: float = 0.5
     holdout: float = 0.1
     eval_every: int = 100
     noise_low: float = -2.0
@@ -476,6 +483,12 @@ class DistillConfig:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not self.temperature > 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if self.kd_loss not in KD_LOSSES:
+            raise UsageError(f"--kd-loss must be one of {', '.join(KD_LOSSES)}, got {self.kd_loss!r}")
+        if self.mix not in MIX_METHODS:
+            raise UsageError(f"--mix must be one of {', '.join(MIX_METHODS)}, got {self.mix!r}")
+        if not 0.0 <= self.mix_fraction <= 1.0:
+            raise UsageError(f"--mix-fraction must be in [0, 1], got {self.mix_fraction}")
         if min(self.kd_weight, self.fmd_weight, self.recon_weight) < 0:
             raise UsageError("loss weights must be >= 0")
         if not 0.0 <= self.holdout < 1.0:
@@ -532,6 +545,8 @@ def _draw_images(data, config: DistillConfig, mean, std, shape, generator, devic
     x = to_float(data.images[index], mean=mean, std=std)
     if config.augment:
         x = augment_batch(x, generator=generator)
+    if config.mix != "none":
+        x = mix_batch(x, method=config.mix, fraction=config.mix_fraction, generator=generator)
     return x.to(device)
 
 
@@ -605,7 +620,10 @@ def train_with_teacher(
             student_logits = functional_call(student, regenerate(), (x,), strict=False)
         teacher_features = [f.float() for f in teacher_features]
         student_features = [f.float() for f in student_features]
-        loss_kd = kd_loss(student_logits.float(), teacher_logits.float(), temperature=config.temperature)
+        if config.kd_loss == "mse":
+            loss_kd = logit_mse_loss(student_logits.float(), teacher_logits.float())
+        else:
+            loss_kd = kd_loss(student_logits.float(), teacher_logits.float(), temperature=config.temperature)
         loss = config.kd_weight * loss_kd
         if config.fmd_weight > 0:
             loss = loss + config.fmd_weight * feature_map_loss(student_features, teacher_features)

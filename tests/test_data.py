@@ -16,6 +16,7 @@ from nerncompress.data import (
     ImageData,
     augment_batch,
     iterate_batches,
+    mix_batch,
     load_data,
     noise_batch,
     preset_stats,
@@ -407,3 +408,43 @@ def test_real_cifar10_npz_loads() -> None:
     assert data.labels.dtype == torch.int64
     assert int(data.labels.min()) == 0 and int(data.labels.max()) == 9
     assert len(set(data.labels.tolist())) == 10
+
+
+def _distinct_images(n: int = 8, size: int = 8) -> torch.Tensor:
+    """Image i is filled with the value i, so every output pixel tells which image it came from."""
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).contiguous()
+
+
+def test_mix_batch_mixup_blends_each_image_with_one_partner() -> None:
+    x = _distinct_images()
+    out = mix_batch(x, method="mixup", fraction=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:4], x[:4])  # the first half stays clean
+    for image in out[4:]:
+        assert torch.all(image == image[0, 0, 0])  # a convex blend of two constant images is constant
+        assert 0.0 <= float(image[0, 0, 0]) <= 7.0
+    again = mix_batch(x, method="mixup", fraction=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_mix_batch_cutmix_pastes_one_rectangle_of_a_partner() -> None:
+    x = _distinct_images(16, 16)
+    out = mix_batch(x, method="cutmix", fraction=1.0, generator=torch.Generator().manual_seed(3))
+    pasted_any = False
+    for i, image in enumerate(out):
+        values = image[0].unique()
+        assert len(values) <= 2 and torch.all(image == image[0:1])  # same box in every channel
+        foreign = image[0] != i
+        if foreign.any():
+            pasted_any = True
+            rows, cols = foreign.nonzero(as_tuple=True)
+            box = foreign[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+            assert box.all()  # the foreign pixels form one filled rectangle
+    assert pasted_any
+
+
+def test_mix_batch_none_and_errors() -> None:
+    x = _distinct_images()
+    assert torch.equal(mix_batch(x, method="none", fraction=1.0, generator=None), x)
+    assert torch.equal(mix_batch(x, method="mixup", fraction=0.0, generator=None), x)
+    with pytest.raises(ValueError, match="unknown mix method"):
+        mix_batch(x, method="blend", fraction=1.0, generator=None)

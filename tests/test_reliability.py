@@ -192,6 +192,10 @@ CASES = [
     # options
     case("fit-unknown-option-value", ["fit", "{tiny.pt}", "--permute", "sideways"], 2),
     case("fit-unknown-scheme", ["fit", "{tiny.pt}", "--scheme", "magic"], 2),
+    case("distill-unknown-mix",
+     ["distill", "{tiny.nern}", "--teacher", "{tiny.pt}", "--data", "noise", *FAST_DISTILL, "--mix", "blend"], 2),
+    case("distill-unknown-kd-loss",
+     ["distill", "{tiny.nern}", "--teacher", "{tiny.pt}", "--data", "noise", *FAST_DISTILL, "--kd-loss", "hinge"], 2),
     case("fit-unknown-option", ["fit", "{tiny.pt}", "--no-such-option"], 2),
     case("fit-missing-argument", ["fit"], 2),
     case("fit-option-value-out-of-range", ["fit", "{tiny.pt}", "--hidden", "0"], 2),

@@ -18,7 +18,7 @@ import torch
 from helpers import tiny_resnet_state_dict, write_random_images
 from typer.testing import CliRunner
 
-from nerncompress.artifact import save_artifact
+from nerncompress.artifact import read_metadata, save_artifact
 from nerncompress.cli import app
 from nerncompress.errors import Interrupted, UsageError
 from nerncompress.resume import Checkpointer, read_snapshot, resume_path
@@ -108,7 +108,7 @@ def test_fit_nern_scheme_teacher_loop_resumes_to_the_same_bytes(ws, tmp_path, mo
 
 
 def test_distill_with_best_so_far_resumes_to_the_same_bytes(ws, tmp_path, monkeypatch):
-    argv = ["distill", ws["nern"], "--teacher", ws["checkpoint"], "--data", ws["data"], *DISTILL]
+    argv = ["distill", ws["nern"], "--teacher", ws["checkpoint"], "--data", ws["data"], *DISTILL, "--mix", "none"]
     reference = invoke(*argv, "-o", tmp_path / "reference.nern", "--json")
     assert reference.exit_code == 0, reference.stderr
     # A large step size makes the held-out agreement peak at step 6 (evaluations at 2, 4, 6, 8, 9): stopped after
@@ -224,3 +224,14 @@ def test_sigterm_to_a_real_process_saves_and_exits_130(ws, tmp_path):
     assert "Traceback" not in stderr
     assert not output.exists()
     assert read_snapshot(resume_path(output)).loop.step >= 20
+
+
+def test_distill_with_cutmix_records_the_options_and_resumes_to_the_same_bytes(ws, tmp_path, monkeypatch):
+    argv = ["distill", ws["nern"], "--teacher", ws["checkpoint"], "--data", ws["data"], *DISTILL,
+            "--mix", "cutmix", "--mix-fraction", "1", "--kd-loss", "mse"]  # fmt: skip
+    reference = invoke(*argv, "-o", tmp_path / "reference.nern", "--json")
+    assert reference.exit_code == 0, reference.stderr
+    config = read_metadata(tmp_path / "reference.nern")["history"][-1]["config"]
+    assert (config["mix"], config["mix_fraction"], config["kd_loss"]) == ("cutmix", 1.0, "mse")
+    resumed = interrupted_then_resumed(monkeypatch, argv, tmp_path / "resumed.nern", call=5, signum=signal.SIGTERM)
+    assert resumed == (tmp_path / "reference.nern").read_bytes()

@@ -69,17 +69,19 @@ def test_kd_gradients_reach_the_predictor():
     assert all(p.grad is None for p in student.parameters())
 
 
-def test_distill_moves_the_student_towards_the_teacher_and_selects_on_holdout():
+@pytest.mark.parametrize("options", [{}, {"mix": "cutmix", "temperature": 4.0}, {"mix": "mixup", "kd_loss": "mse"}])
+def test_distill_moves_the_student_towards_the_teacher_and_selects_on_holdout(options):
     state_dict = tiny_resnet_state_dict()
     nern = tiny_fit(state_dict, iters=20)
     teacher = build_model(nern.arch, state_dict)
     images = torch.randint(0, 256, (60, 32, 32, 3), dtype=torch.uint8)
     data = ImageData(images, torch.randint(0, 10, (60,)), "random")
     before = {k: v.clone() for k, v in nern.predictor.state_dict().items()}
-    config = DistillConfig(iters=6, lr=1e-3, batch_size=8, eval_every=3, holdout=0.2)
+    config = DistillConfig(iters=6, lr=1e-3, batch_size=8, eval_every=3, holdout=0.2, **options)
     distill(nern, teacher, data, config, device="cpu")
     record = nern.history[-1]
     assert record["stage"] == "distill" and record["data"] == "random"
+    assert all(record["config"][key] == value for key, value in options.items())
     assert record["selected_step"] in (0, 3, 6)
     assert record["holdout_agreement"] is not None
     if record["selected_step"]:
@@ -99,3 +101,25 @@ def test_teacher_with_other_class_count_is_refused():
     other = build_model(nern.arch.__class__(nern.arch.name, {"depth": 8, "num_classes": 100}, nern.arch.preset, nern.arch.input_shape))
     with pytest.raises(UsageError, match="100 classes"):
         distill(nern, other, None, DistillConfig(iters=1, batch_size=2), device="cpu")
+
+
+def test_logit_mse_loss_ignores_a_shift_and_is_zero_only_at_equal_logits() -> None:
+    from nerncompress.losses import logit_mse_loss
+
+    teacher = torch.randn(4, 10)
+    assert float(logit_mse_loss(teacher + 3.0, teacher)) < 1e-10  # softmax ignores a constant shift
+    student = teacher.clone().requires_grad_()
+    moved = student + torch.eye(10)[:4]
+    loss = logit_mse_loss(moved, teacher)
+    assert float(loss) > 0
+    loss.backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [("kd_loss", "hinge", "--kd-loss"), ("mix", "blend", "--mix"), ("mix_fraction", 1.5, "--mix-fraction")],
+)
+def test_distill_config_rejects_unknown_kd_options(option: str, value, fragment: str) -> None:
+    with pytest.raises(UsageError, match=fragment):
+        DistillConfig(**{option: value})

@@ -73,6 +73,9 @@ from .options import (
     FmdWeightOpt,
     GroupSizeOpt,
     HiddenOpt,
+    KdLossOpt,
+    MixFractionOpt,
+    MixOpt,
     HoldoutOpt,
     ImageBatchOpt,
     ImageStepBatchOpt,
@@ -382,6 +385,9 @@ def distill_command(
     lr: LrOpt = DISTILL_DEFAULTS.lr,
     batch_size: ImageStepBatchOpt = DISTILL_DEFAULTS.batch_size,
     temperature: TemperatureOpt = DISTILL_DEFAULTS.temperature,
+    kd_loss: KdLossOpt = DISTILL_DEFAULTS.kd_loss,
+    mix: MixOpt = DISTILL_DEFAULTS.mix,
+    mix_fraction: MixFractionOpt = DISTILL_DEFAULTS.mix_fraction,
     holdout: HoldoutOpt = DISTILL_DEFAULTS.holdout,
     eval_every: EvalEveryOpt = DISTILL_DEFAULTS.eval_every,
     seed: SeedOpt = DISTILL_DEFAULTS.seed,
@@ -414,8 +420,8 @@ def distill_command(
         raise UsageError("distill needs --data SPEC (repeatable), or --data noise for data-free distillation")
     target = _check_output(output_path or Path(f"{nern_path.stem}.distilled.nern"), nern_path, teacher, *data)
     config = training.DistillConfig(
-        iters=iters, lr=lr, batch_size=batch_size, temperature=temperature, holdout=holdout, eval_every=eval_every,
-        seed=seed,
+        iters=iters, lr=lr, batch_size=batch_size, temperature=temperature, kd_loss=kd_loss, mix=mix,
+        mix_fraction=mix_fraction, holdout=holdout, eval_every=eval_every, seed=seed,
     )  # fmt: skip
     nern = load_artifact(nern_path)
     training.check_distillable(nern)  # before loading the teacher and the data

@@ -223,6 +223,23 @@ ImageStepBatchOpt = Annotated[
 TemperatureOpt = Annotated[
     float, typer.Option("--temperature", help="Softening of both output distributions in KD.", rich_help_panel=TRAINING)
 ]
+KdLossOpt = Annotated[
+    str,
+    typer.Option(
+        "--kd-loss", help="KD loss: kl (KL at --temperature) or mse (squared difference of centred logits).",
+        rich_help_panel=TRAINING,
+    ),
+]
+MixOpt = Annotated[
+    str,
+    typer.Option(
+        "--mix", help="Blend images within each batch: none, mixup or cutmix (KD needs no labels).",
+        rich_help_panel=TRAINING,
+    ),
+]
+MixFractionOpt = Annotated[
+    float, typer.Option("--mix-fraction", help="Share of each batch that --mix blends.", rich_help_panel=TRAINING)
+]
 HoldoutOpt = Annotated[
     float,
     typer.Option(

@@ -12,12 +12,12 @@ from pathlib import Path
 from run import write_results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="output folders of benchmarks/run.py")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--note", default="", help="a line printed under the table's header (e.g. machine load)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows, metas, seen = [], [], set()
     for folder in args.runs:
         result = json.loads((folder / "results.json").read_text())

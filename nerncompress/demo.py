@@ -24,7 +24,8 @@ from .models import get_arch
 from .models.registry import ArchSpec, build_model
 from .report import artifact_report
 from .safetensors_io import save_safetensors
-from .training import FitConfig, StepCallback, fit
+from .optim import StepCallback
+from .training import FitConfig, fit
 
 __all__ = ["DEMO_ARCH", "DEMO_FIT", "DEMO_TRAIN_EPOCHS", "run_demo", "train_digits_model"]
 

@@ -6,10 +6,8 @@ plain fraction (0.25 = a quarter), every accuracy in percent.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import struct
 import sys
 from collections import Counter
 from collections.abc import Mapping

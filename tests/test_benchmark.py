@@ -29,7 +29,7 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path):
     data_dir = _fake_data_dir(tmp_path / "data")
     out = tmp_path / "out"
     run.main(["--data-dir", str(data_dir), "--mode", "quick", "--models", "resnet20", "--out", str(out),
-              "--threads", "1", "--recipes", "recon", "decoupled+int8"])  # fmt: skip
+              "--threads", "1", "--recipes", "decoupled", "decoupled+int8"])  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     methods = [row["method"] for row in results["rows"]]
     assert "original fp32" in methods and "int8 per-channel" in methods and "fp16" in methods
@@ -39,5 +39,23 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path):
         assert 0 < row["file_ratio"] < 2 and row["bytes"] > 0 and 0 <= row["agreement_jpeg"] <= 100
         assert row["expand_onnx_seconds"] > 0 and row["fit_peak_rss_mb"] > 0
     assert "quantize" in ours[1]["stage_seconds"] and "fit" in ours[1]["stage_seconds"]
+    # The compressed row is compared with the float predictor it starts from, not only with the original.
+    vs_float = ours[1]["vs_float"]
+    assert 0 <= vs_float["agreement_jpeg"] <= 100 and 0 <= vs_float["agreement_lossless"] <= 100
+    assert "vs_float" not in ours[0]
     assert results["meta"]["threads"] == 1 and results["meta"]["mode"] == "quick"
     assert (out / "results.md").read_text().count("\n|") >= 6
+
+    only_ours = tmp_path / "only-ours"
+    run.main(["--data-dir", str(data_dir), "--mode", "quick", "--models", "resnet20", "--out", str(only_ours),
+              "--threads", "1", "--recipes", "recon", "--no-baselines"])  # fmt: skip
+    rows = json.loads((only_ours / "results.json").read_text())["rows"]
+    assert [row["method"] for row in rows][0] == "original fp32" and len(rows) == 2
+    assert rows[1]["method"].startswith("nern recon")
+
+    import merge
+
+    merged = tmp_path / "merged"
+    merge.main([str(out), str(only_ours), "--out", str(merged)])
+    methods = [row["method"] for row in json.loads((merged / "results.json").read_text())["rows"]]
+    assert methods.count("original fp32") == 1 and any(m.startswith("nern recon") for m in methods)

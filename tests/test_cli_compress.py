@@ -15,7 +15,7 @@ from helpers import tiny_resnet_state_dict, write_random_images
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from nerncompress import training
+from nerncompress import distillation
 from nerncompress.artifact import load_artifact
 from nerncompress.cli import app
 from nerncompress.errors import UsageError
@@ -165,8 +165,8 @@ def test_distill_refuses_a_compressed_nern(ws, tmp_path):
     assert not out.exists()
     teacher = get_arch("cifar_resnet", depth=8, num_classes=10)
     with pytest.raises(UsageError, match="distill before prune/quantize.*pruned"):
-        training.distill(load_artifact(ws["pruned"]), teacher, None, training.DistillConfig(iters=1), device="cpu")
-    training.check_distillable(load_artifact(ws["nern"]))  # a float .nern passes
+        distillation.distill(load_artifact(ws["pruned"]), teacher, None, distillation.DistillConfig(iters=1), device="cpu")
+    distillation.check_distillable(load_artifact(ws["nern"]))  # a float .nern passes
 
 
 # ---------------------------------------------------------------------------------------------- trust and bounds

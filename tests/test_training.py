@@ -7,15 +7,10 @@ from helpers import tiny_fit, tiny_resnet_state_dict
 from nerncompress.data import ImageData
 from nerncompress.errors import UsageError
 from nerncompress.models import build_model
-from nerncompress.training import (
-    DistillConfig,
-    FitConfig,
-    _Regenerator,
-    distill,
-    lr_at,
-    reconstruction_error,
-    student_model,
-)
+from nerncompress.distillation import DistillConfig, _Regenerator, distill, student_model
+from nerncompress.optim import lr_at
+from nerncompress.reconstruction import reconstruction_error
+from nerncompress.training import FitConfig
 from nerncompress.losses import kd_loss
 from torch.func import functional_call
 

@@ -22,7 +22,7 @@ import typer
 from torch import nn
 from typer.core import TyperGroup
 
-from .. import __version__, training
+from .. import __version__, distillation, training
 from .._io import check_output_path, check_writable_folder, sha256_file
 from ..artifact import load_artifact, save_artifact
 from ..checkpoint import check_finite, load_checkpoint, normalize_state_dict
@@ -33,7 +33,6 @@ from ..errors import UsageError
 from ..evaluation import evaluate
 from ..expand import check_shapes, expand_model, export
 from ..models.registry import ArchSpec, build_model, check_arch, resolve_arch
-from ..nern import Nern
 from ..report import (
     artifact_report,
     checkpoint_report,
@@ -419,17 +418,17 @@ def distill_command(
     if not data:
         raise UsageError("distill needs --data SPEC (repeatable), or --data noise for data-free distillation")
     target = _check_output(output_path or Path(f"{nern_path.stem}.distilled.nern"), nern_path, teacher, *data)
-    config = training.DistillConfig(
+    config = distillation.DistillConfig(
         iters=iters, lr=lr, batch_size=batch_size, temperature=temperature, kd_loss=kd_loss, mix=mix,
         mix_fraction=mix_fraction, holdout=holdout, eval_every=eval_every, seed=seed,
     )  # fmt: skip
     nern = load_artifact(nern_path)
-    training.check_distillable(nern)  # before loading the teacher and the data
+    distillation.check_distillable(nern)  # before loading the teacher and the data
     check_arch(nern.arch, trust_code=trust_code)
     teacher_model, teacher_spec = _load_model(
         teacher, arch=teacher_arch, trust_pickle=trust_pickle, device="cpu", trust_code=trust_code
     )
-    training.check_teacher(nern, teacher_model)
+    distillation.check_teacher(nern, teacher_model)
     dataset = _load_datasets(data, split)
     _check_images(teacher_model, dataset, nern.arch.preset)
     teacher_source = {**source_provenance(teacher, teacher_model.state_dict()), "arch": teacher_spec.name}
@@ -440,7 +439,7 @@ def distill_command(
     out.log(f"distilling {nern_path} from teacher {teacher} on {images} -> {target}")
     started = time.perf_counter()
     with out.progress("distill") as on_step, checkpointer.signals():
-        nern = training.distill(
+        nern = distillation.distill(
             nern, teacher_model, dataset, config, device=device, on_step=on_step, teacher_source=teacher_source,
             checkpointer=checkpointer, trust_code=trust_code,
         )  # fmt: skip
@@ -484,7 +483,7 @@ def _compress_command(
             teacher_model, _ = _load_model(
                 teacher, arch=teacher_arch, trust_pickle=trust_pickle, device="cpu", trust_code=trust_code
             )
-            training.check_teacher(nern, teacher_model)
+            distillation.check_teacher(nern, teacher_model)
         dataset = _load_datasets(data, split) if data else None
         _check_images(teacher_model, dataset, nern.arch.preset)
     phases = f"{config.qat_iters if isinstance(config, QuantizeConfig) else config.finetune_iters} recon steps"

@@ -347,7 +347,7 @@ FinetuneLrOpt = Annotated[
     float | None,
     typer.Option(
         "--lr", help="Peak learning rate of the reconstruction fine-tuning (Adam). Default: the stage's own "
-        "(quantize: 3e-6 at 8 bits, x2 per bit less, 1e-6 for fp16; prune: 1e-3).", rich_help_panel=TRAINING,
+        "(quantize: 3e-6 at 8 bits, x2 per bit less, 1e-6 for fp16; prune: 1e-2).", rich_help_panel=TRAINING,
     ),
 ]  # fmt: skip
 OriginalOpt = Annotated[

@@ -1,0 +1,122 @@
+"""What reconstruction regresses and how it is measured: kernel groups, per-filter importance, errors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .layers import following_batchnorms
+from .models.registry import get_arch
+from .nern import Nern, normalised_kernels
+
+IMPORTANCE = ("bn", "uniform")
+
+
+@dataclass
+class KernelGroup:
+    """All represented kernels of one size, flattened across layers: what a reconstruction step samples from."""
+
+    kernel_size: int
+    embeddings: Tensor  # float32 (N, emb)
+    targets: Tensor  # float32 (N, k*k), per-filter normalised
+    sampling_weights: Tensor  # float32 (N,), kernel L2 norms
+    importance: Tensor  # float32 (N,), weight of each kernel's squared error
+
+
+def filter_importance(nern: Nern, method: str = "bn") -> dict[str, Tensor]:
+    """Weight of each filter's squared error in the predictor's (normalised) output units, mean 1 over kernels.
+
+    With "bn", a filter followed by BatchNorm weighs (scale_f * gamma_f / sqrt(var_f + eps))^2: the error of the
+    normalised pre-activation it causes per unit input. Filters without a BatchNorm use the median gain of the
+    others. "uniform" weighs every original weight alike: scale_f^2.
+    """
+    scales = {e.name: nern.scales.get(e.name, torch.ones(e.c_out)).to(torch.float32) for e in nern.layers}
+    gains: dict[str, Tensor | None] = {e.name: None for e in nern.layers}
+    if method == "bn":
+        pairs = following_batchnorms(get_arch(nern.arch))
+        for entry in nern.layers:
+            bn = pairs.get(entry.name)
+            keys = [f"{bn}.weight", f"{bn}.running_var"] if bn else []
+            if bn and all(k in nern.raw for k in keys):
+                gamma, var = nern.raw[keys[0]].to(torch.float32), nern.raw[keys[1]].to(torch.float32)
+                gains[entry.name] = gamma.abs() / torch.sqrt(var + 1e-5)
+        known = [g for g in gains.values() if g is not None]
+        fallback = float(torch.cat(known).median()) if known else 1.0
+    else:
+        fallback = 1.0
+    weights = {}
+    for entry in nern.layers:
+        gain = gains[entry.name] if gains[entry.name] is not None else torch.full((entry.c_out,), fallback)
+        weights[entry.name] = (scales[entry.name] * gain).pow(2)
+    total = sum(float(w.sum()) * e.c_in for e, w in zip(nern.layers, weights.values()))
+    mean = total / sum(e.num_kernels for e in nern.layers)
+    return {name: w / mean if mean > 0 else torch.ones_like(w) for name, w in weights.items()}
+
+
+def kernel_groups(
+    nern: Nern, weights: dict[str, Tensor], device: torch.device, importance: str = "bn"
+) -> list[KernelGroup]:
+    per_filter = filter_importance(nern, importance)
+    groups = []
+    for size in nern.predictor.config.kernel_sizes:
+        entries = [e for e in nern.layers if e.kernel_size == size]
+        if not entries:
+            continue
+        embeddings = torch.cat([nern.layer_embeddings(e) for e in entries])
+        targets = torch.cat([normalised_kernels(weights[e.name], nern.scales.get(e.name)) for e in entries])
+        kernel_weights = torch.cat([per_filter[e.name].repeat_interleave(e.c_in) for e in entries])
+        groups.append(
+            KernelGroup(
+                size,
+                embeddings.to(device),
+                targets.to(device),
+                targets.norm(dim=1).to(device) + 1e-12,
+                kernel_weights.to(device),
+            )
+        )
+    return groups
+
+
+def reconstruction_error(nern: Nern, weights: dict[str, Tensor]) -> dict[str, float]:
+    """RMSE of the regenerated kernels against ``weights``.
+
+    Returns:
+        ``rmse``: in weight units over all represented weights; ``relative_rmse``: rmse / std of those weights;
+        ``normalised_rmse``: rmse of the per-filter normalised kernels (what training minimises).
+    """
+    squared = 0.0
+    squared_normalised = 0.0
+    total = 0
+    originals = []
+    with torch.no_grad():
+        for entry in nern.layers:
+            original = weights[entry.name].to(torch.float32)
+            regenerated = nern.regenerate_layer(entry).cpu()
+            squared += float((regenerated - original).pow(2).sum())
+            scale = nern.scales.get(entry.name, torch.ones(entry.c_out))
+            safe = torch.where(scale > 0, scale, torch.ones_like(scale)).view(-1, 1, 1, 1)
+            squared_normalised += float(((regenerated - original) / safe).pow(2).sum())
+            total += original.numel()
+            originals.append(original.flatten())
+    rmse = math.sqrt(squared / total)
+    std = float(torch.cat(originals).std())
+    return {"rmse": rmse, "relative_rmse": rmse / std, "normalised_rmse": math.sqrt(squared_normalised / total)}
+
+
+
+def sampled_recon_loss(nern: Nern, groups: list[KernelGroup], sample: int, generator: torch.Generator) -> Tensor:
+    total = sum(g.targets.shape[0] for g in groups)
+    squared_error, elements = None, 0
+    for group in groups:
+        count = group.targets.shape[0]
+        batch = max(1, min(count, round(sample * count / total)))
+        index = torch.randint(count, (batch,), generator=generator).to(group.targets.device)
+        predicted = nern.predictor(group.embeddings[index], group.kernel_size).float()
+        error = (predicted - group.targets[index]).pow(2).sum(1)
+        error = (group.importance[index] * error).sum()
+        squared_error = error if squared_error is None else squared_error + error
+        elements += batch * group.kernel_size**2
+    return squared_error / elements

@@ -122,7 +122,8 @@ class FitConfig:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as they will in the artifact
 
     def joint_config(self) -> DistillConfig:
-        """The teacher-loop settings of NeRN's joint objective: recon (weight 1) + KD + FMD, no selection."""
+        """The teacher-loop settings of NeRN's joint objective: recon (weight 1) + KD + FMD, no selection; the
+        images are drawn as ``distill``'s are (augmented, half of each batch blended by mixup)."""
         return DistillConfig(
             iters=self.iters, lr=self.lr, warmup=self.warmup, final_lr_ratio=self.final_lr_ratio,
             kd_weight=self.kd_weight, fmd_weight=self.fmd_weight, recon_weight=1.0, recon_sample=self.batch_size,

@@ -449,7 +449,9 @@ def _magnitude_masks(predictor: nn.Module, sparsity: float, scope: str) -> dict[
         return {
             name: _top(w.reshape(-1), round((1.0 - sparsity) * w.numel())).view_as(w) for name, w in weights.items()
         }
-    flat = torch.cat([w.reshape(-1) for w in weights.values()])
+    # Global ranking compares each weight with its own layer's RMS: raw magnitudes would empty the output heads,
+    # whose weights are ~5x smaller (they produce kernel values), and leave the predictor unable to recover.
+    flat = torch.cat([(w / w.pow(2).mean().sqrt().clamp_min(1e-12)).reshape(-1) for w in weights.values()])
     kept = _top(flat, round((1.0 - sparsity) * flat.numel())).split([w.numel() for w in weights.values()])
     return {name: mask.view_as(w) for (name, w), mask in zip(weights.items(), kept)}
 

@@ -3,6 +3,7 @@ import struct
 
 import pytest
 import torch
+from torch import nn
 from safetensors.torch import load_file
 
 from helpers import tiny_fit, tiny_resnet_state_dict
@@ -288,3 +289,16 @@ def test_unknown_state_in_a_file_is_an_artifact_error(tmp_path, fitted):
     path.write_bytes(struct.pack("<Q", len(encoded_header)) + encoded_header + data[8 + length :])
     with pytest.raises(ArtifactError, match="codebook"):
         load_artifact(path)
+
+
+def test_global_pruning_ranks_weights_against_their_own_layer():
+    """A layer of small weights (like the output heads) keeps its share instead of being emptied."""
+    from nerncompress.compression import _magnitude_masks
+
+    predictor = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 9))
+    with torch.no_grad():
+        predictor[1].weight.mul_(0.01)
+    masks = _magnitude_masks(predictor, 0.5, "global")
+    for name, mask in masks.items():
+        assert 0.35 < float(mask.float().mean()) < 0.65, name
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * (64 * 64 + 9 * 64))

@@ -333,7 +333,9 @@ MethodOpt = Annotated[
 ScopeOpt = Annotated[
     Scope,
     typer.Option(
-        "--scope", help="global: rank weights across all layers; layer: the same share from every layer.",
+        "--scope",
+        help="global: rank weights across all layers (each relative to its layer's RMS); layer: the same share "
+        "from every layer.",
         rich_help_panel=COMPRESSION,
     ),
 ]  # fmt: skip

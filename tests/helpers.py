@@ -33,3 +33,21 @@ def write_random_images(path, count: int, shape: tuple[int, int, int] = (32, 32,
     rng = np.random.default_rng(seed)
     np.savez(path, x=rng.integers(0, 256, (count, *shape), dtype=np.uint8), y=rng.integers(0, 10, count))
     return path
+
+
+def invoke(*args, env: dict[str, str] | None = None):
+    """Run the CLI in-process; ``args`` may be paths. typer 0.29's CliRunner keeps stdout and stderr apart."""
+    from typer.testing import CliRunner
+
+    from nerncompress.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def assert_one_line_error(result, code: int) -> None:
+    """The CLI failed with ``code``, printed nothing on stdout and ended stderr with one ``Error:`` line."""
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ")
+    assert "Traceback" not in result.stderr

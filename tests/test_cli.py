@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_resnet_state_dict, write_random_images
+from helpers import assert_one_line_error, invoke, tiny_resnet_state_dict, write_random_images
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from nerncompress import __version__
-from nerncompress.cli import app
 from nerncompress.cli.output import exit_code_for
 from nerncompress.errors import (
     AccuracyTargetMissed,
@@ -34,19 +32,6 @@ from nerncompress.models import get_arch
 app_module = importlib.import_module("nerncompress.cli.app")
 ROOT = Path(__file__).resolve().parents[1]
 FAST_FIT = ["--iters", "20", "--hidden", "16", "--batch-size", "256", "--device", "cpu"]
-
-
-def invoke(*args: str | os.PathLike, env: dict[str, str] | None = None):
-    """Run the app in-process. typer 0.29's CliRunner always keeps stdout and stderr apart."""
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-def assert_one_line_error(result, code: int) -> None:
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("Error: ")
-    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module")

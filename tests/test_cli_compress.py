@@ -11,30 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_resnet_state_dict, write_random_images
+from helpers import assert_one_line_error, invoke, tiny_resnet_state_dict, write_random_images
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from nerncompress import distillation
 from nerncompress.artifact import load_artifact
-from nerncompress.cli import app
 from nerncompress.errors import UsageError
 from nerncompress.models import get_arch
 
 FAST_FIT = ["--iters", "20", "--hidden", "16", "--batch-size", "256", "--device", "cpu"]
 CPU = ["--device", "cpu"]
-
-
-def invoke(*args, env: dict[str, str] | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-def assert_one_line_error(result, code: int) -> None:
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("Error: ")
-    assert "Traceback" not in result.stderr
 
 
 def edit_arch(source: Path, target: Path, **changes) -> Path:

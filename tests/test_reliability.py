@@ -16,21 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_fit, tiny_resnet_state_dict
+from helpers import invoke, tiny_fit, tiny_resnet_state_dict
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from nerncompress.artifact import save_artifact
-from nerncompress.cli import app
 from nerncompress.cli.output import EXIT_CODE_DOCS
 
-RUNNER = CliRunner()
 FAST_FIT = ["--iters", "4", "--hidden", "8", "--batch-size", "64", "--device", "cpu"]
 FAST_DISTILL = ["--iters", "2", "--batch-size", "4", "--device", "cpu", "--holdout", "0"]
-
-
-def invoke(*args, env: dict[str, str] | None = None):
-    return RUNNER.invoke(app, [str(a) for a in args], env=env)
 
 
 def _edit_header(data: bytes, edit) -> bytes:

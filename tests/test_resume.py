@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_resnet_state_dict, write_random_images
-from typer.testing import CliRunner
+from helpers import invoke, tiny_resnet_state_dict, write_random_images
 
 from nerncompress.artifact import read_metadata, save_artifact
-from nerncompress.cli import app
 from nerncompress.errors import Interrupted, UsageError
 from nerncompress.resume import Checkpointer, read_snapshot, resume_path
 from nerncompress.training import FitConfig, fit
@@ -28,10 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIT = ["--hidden", "8", "--batch-size", "64", "--device", "cpu", "--seed", "5"]
 DISTILL = ["--iters", "9", "--batch-size", "4", "--lr", "0.2", "--holdout", "0.25", "--eval-every", "2",
            "--device", "cpu", "--seed", "2"]  # fmt: skip
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

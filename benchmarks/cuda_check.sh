@@ -3,7 +3,9 @@
 # distillation reaches. Usage: benchmarks/cuda_check.sh DATA_DIR OUT_DIR [DEVICE]
 # DATA_DIR holds resnet20-12fca82f.th, resnet56-4bfd9763.th and the CIFAR-10 .npz files of ../shared/data.
 # FIT_ITERS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND (1/0) and NC (the command) may be overridden from the
-# environment, e.g. for a CPU smoke test.
+# environment, e.g. for a CPU smoke test. COMPRESS=1 adds the meta-compression of the distilled predictor: learned
+# int8 (Q_KD_ITERS KD steps, the float predictor teaching), 50% pruning (P_FT_ITERS refit + P_KD_ITERS KD steps)
+# and int8 on top of it, each evaluated against the original and against the float predictor.
 set -uo pipefail
 D=$1; O=$2; DEV=${3:-cuda}
 FIT_ITERS=${FIT_ITERS:-12000}; KD_ITERS=${KD_ITERS:-3000}; NC=${NC:-python3 -m nerncompress}
@@ -39,6 +41,23 @@ for short in $MODELS; do
   for data in test1000_lossless test10k_jpeg; do
     step "${short}_eval_$data" 120 $NC eval "$W/${short}d.nern" --data "$D/$data.npz" --compare "$D/$m.th" --device "$DEV" --json
   done
+  if [ "${COMPRESS:-0}" = 1 ]; then
+    QK=${Q_KD_ITERS:-2000}; PF=${P_FT_ITERS:-4000}; PK=${P_KD_ITERS:-1500}
+    step "${short}_int8" 600 $NC quantize "$W/${short}d.nern" --bits 8 --qat-iters 0 --kd-iters "$QK" $TRAIN \
+      --device "$DEV" -o "$W/${short}q.nern" --json
+    step "${short}_prune50" 600 $NC prune "$W/${short}d.nern" --sparsity 0.5 --finetune-iters "$PF" --kd-iters "$PK" \
+      --kd-lr 3e-5 $TRAIN --device "$DEV" -o "$W/${short}p.nern" --json
+    step "${short}_prune50_int8" 600 $NC quantize "$W/${short}p.nern" --bits 8 --qat-iters 0 --kd-iters "$QK" $TRAIN \
+      --teacher "$W/${short}d.nern" --device "$DEV" -o "$W/${short}pq.nern" --json
+    for variant in q p pq; do
+      for data in test1000_lossless test10k_jpeg; do
+        step "${short}${variant}_eval_$data" 120 $NC eval "$W/${short}${variant}.nern" --data "$D/$data.npz" \
+          --compare "$D/$m.th" --device "$DEV" --json
+        step "${short}${variant}_vsfloat_$data" 120 $NC eval "$W/${short}${variant}.nern" --data "$D/$data.npz" \
+          --compare "$W/${short}d.nern" --device "$DEV" --json
+      done
+    done
+  fi
   [ "$EXPAND" = 1 ] || continue
   step "${short}_expand_safetensors" 120 $NC expand "$W/${short}d.nern" -o "$W/$short.safetensors" --device "$DEV" --json
   step "${short}_expand_onnx" 180 $NC expand "$W/${short}d.nern" -o "$W/$short.onnx" --device "$DEV" --json

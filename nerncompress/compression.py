@@ -62,8 +62,9 @@ class _FinetuneConfig:
             (distillation needs a small step, and a quantized predictor a step below its rounding step).
         kd_weight, recon_weight: loss weights of the KD phase (recon = reconstruction of the target weights).
         kd_batch_size: images per KD step.
-        precision: auto | bf16 | fp32 autocast while fine-tuning. fp32 by default: bf16 matmuls round 8-bit
-            weights by about a quarter of a quantization step.
+        precision: auto | bf16 | fp32 autocast while fine-tuning. fp32 by default for quantization: bf16 matmuls
+            round 8-bit weights by about a quarter of a quantization step; auto (bf16 where supported) for
+            pruning, whose kept weights stay float.
         seed: seeds kernel sampling, batch order and augmentation.
     """
 
@@ -192,6 +193,7 @@ class PruneConfig(_FinetuneConfig):
     sparsity: float = 0.5
     scope: str = "global"
     finetune_iters: int = 1000
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

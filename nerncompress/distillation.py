@@ -50,6 +50,9 @@ class DistillConfig:
         augment: CIFAR-style crop + flip of the training images.
         mix: ``none``, ``mixup`` or ``cutmix`` blending of images within a batch (see ``data.mix_batch``).
         mix_fraction: share of each batch that is mixed.
+        probe_fraction: share of each batch replaced by *disagreement probes* (see ``disagreement_probes``): images
+            moved by one signed-gradient step towards where student and teacher differ most.
+        probe_eps: largest probe step, in units of 1/255 of the pixel range (each image draws U(0, eps)).
         holdout: share of the training images held out to select the best step (never the test set).
         eval_every: steps between holdout evaluations (0 = only at the end).
         noise_low, noise_high: range of the uniform noise images of data-free distillation.
@@ -71,6 +74,8 @@ class DistillConfig:
     augment: bool = True
     mix: str = "mixup"
     mix_fraction: float = 0.5
+    probe_fraction: float = 0.0
+    probe_eps: float = 8.0
     holdout: float = 0.1
     eval_every: int = 100
     noise_low: float = -2.0
@@ -94,6 +99,10 @@ class DistillConfig:
             raise UsageError(f"--mix must be one of {', '.join(MIX_METHODS)}, got {self.mix!r}")
         if not 0.0 <= self.mix_fraction <= 1.0:
             raise UsageError(f"--mix-fraction must be in [0, 1], got {self.mix_fraction}")
+        if not 0.0 <= self.probe_fraction <= 1.0:
+            raise UsageError(f"--probe-fraction must be in [0, 1], got {self.probe_fraction}")
+        if not self.probe_eps > 0:
+            raise UsageError(f"--probe-eps must be > 0, got {self.probe_eps}")
         if min(self.kd_weight, self.fmd_weight, self.recon_weight) < 0:
             raise UsageError("loss weights must be >= 0")
         if not 0.0 <= self.holdout < 1.0:
@@ -153,6 +162,35 @@ def _draw_images(data, config: DistillConfig, mean, std, shape, generator, devic
     if config.mix != "none":
         x = mix_batch(x, method=config.mix, fraction=config.mix_fraction, generator=generator)
     return x.to(device)
+
+
+def disagreement_probes(
+    x: Tensor, student: nn.Module, weights: dict[str, Tensor], teacher: nn.Module, *, eps: Tensor
+) -> Tensor:
+    """Move each image one signed-gradient step up the KL divergence between teacher and student.
+
+    Plain KD only shows the student images the teacher has seen in training, where both agree with a wide margin;
+    the images they disagree on lie near the teacher's decision boundaries. A probe is a cheap way there
+    (in the spirit of Heo et al., "Knowledge distillation with adversarial samples supporting decision
+    boundary", AAAI 2019): one step of size ``eps`` (per image, in normalised input units) along the sign of the
+    gradient of KL(teacher || student) with respect to the input. Neither network is trained here.
+
+    Args:
+        x: float ``(N, C, H, W)`` normalised images.
+        student: the architecture called with ``weights`` (detached: probes never train the predictor).
+        teacher: the teacher network.
+        eps: float ``(N,)`` or ``(N, C)`` step sizes.
+
+    Returns:
+        The probes, detached, like ``x``.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    frozen = {name: value.detach() for name, value in weights.items()}
+    with torch.enable_grad():
+        divergence = kd_loss(functional_call(student, frozen, (x,), strict=False).float(), teacher(x).float())
+        (gradient,) = torch.autograd.grad(divergence, x)
+    step = eps.view(eps.shape[0], -1, 1, 1) if eps.dim() == 2 else eps.view(-1, 1, 1, 1)
+    return (x + step * gradient.sign()).detach()
 
 
 @torch.no_grad()
@@ -219,10 +257,17 @@ def train_with_teacher(
             group["lr"] = lr
         predictor.train()
         x = _draw_images(data, config, mean, std, nern.arch.input_shape, generator, device)
+        with autocast:
+            weights = regenerate()
+        probes = round(x.shape[0] * config.probe_fraction)
+        if probes:
+            eps = torch.rand(probes, 1, generator=generator) * (config.probe_eps / 255.0) / torch.tensor([std])
+            with autocast:
+                x[-probes:] = disagreement_probes(x[-probes:], student, weights, teacher, eps=eps.to(device))
         with autocast, torch.no_grad(), capture_features(taps_teacher) as teacher_features:
             teacher_logits = teacher(x)
         with autocast, capture_features(taps_student) as student_features:
-            student_logits = functional_call(student, regenerate(), (x,), strict=False)
+            student_logits = functional_call(student, weights, (x,), strict=False)
         teacher_features = [f.float() for f in teacher_features]
         student_features = [f.float() for f in student_features]
         if config.kd_loss == "mse":

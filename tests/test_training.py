@@ -7,7 +7,7 @@ from helpers import tiny_fit, tiny_resnet_state_dict
 from nerncompress.data import ImageData
 from nerncompress.errors import UsageError
 from nerncompress.models import build_model
-from nerncompress.distillation import DistillConfig, _Regenerator, distill, student_model
+from nerncompress.distillation import DistillConfig, _Regenerator, disagreement_probes, distill, student_model
 from nerncompress.optim import lr_at
 from nerncompress.reconstruction import reconstruction_error
 from nerncompress.training import FitConfig
@@ -64,7 +64,15 @@ def test_kd_gradients_reach_the_predictor():
     assert all(p.grad is None for p in student.parameters())
 
 
-@pytest.mark.parametrize("options", [{}, {"mix": "cutmix", "temperature": 4.0}, {"mix": "mixup", "kd_loss": "mse"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"mix": "cutmix", "temperature": 4.0},
+        {"mix": "mixup", "kd_loss": "mse"},
+        {"probe_fraction": 0.5, "probe_eps": 16.0, "fmd_weight": 1.0},
+    ],
+)
 def test_distill_moves_the_student_towards_the_teacher_and_selects_on_holdout(options):
     state_dict = tiny_resnet_state_dict()
     nern = tiny_fit(state_dict, iters=20)
@@ -113,8 +121,54 @@ def test_logit_mse_loss_ignores_a_shift_and_is_zero_only_at_equal_logits() -> No
 
 @pytest.mark.parametrize(
     ("option", "value", "fragment"),
-    [("kd_loss", "hinge", "--kd-loss"), ("mix", "blend", "--mix"), ("mix_fraction", 1.5, "--mix-fraction")],
+    [
+        ("kd_loss", "hinge", "--kd-loss"),
+        ("mix", "blend", "--mix"),
+        ("mix_fraction", 1.5, "--mix-fraction"),
+        ("probe_fraction", -0.1, "--probe-fraction"),
+        ("probe_eps", 0.0, "--probe-eps"),
+    ],
 )
 def test_distill_config_rejects_unknown_kd_options(option: str, value, fragment: str) -> None:
     with pytest.raises(UsageError, match=fragment):
         DistillConfig(**{option: value})
+
+
+def test_disagreement_probes_raise_the_divergence_and_leave_both_networks_untouched() -> None:
+    state_dict = tiny_resnet_state_dict()
+    nern = tiny_fit(state_dict, iters=5)
+    teacher = build_model(nern.arch, state_dict).eval()
+    student = student_model(nern, torch.device("cpu"))
+    weights = _Regenerator(nern, torch.device("cpu"))()
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def divergence(images: torch.Tensor) -> torch.Tensor:  # per image
+        with torch.no_grad():
+            s = functional_call(student, weights, (images,), strict=False).log_softmax(1)
+            t = teacher(images).log_softmax(1)
+        return (t.exp() * (t - s)).sum(1)
+
+    eps = torch.full((6,), 1e-3)
+    nern.predictor.zero_grad(set_to_none=True)
+    probes = disagreement_probes(x, student, weights, teacher, eps=eps)
+    assert probes.shape == x.shape and not probes.requires_grad
+    step = (probes - x).abs()
+    assert bool((step <= 1e-3 + 1e-6).all()) and float(step.amax()) == pytest.approx(1e-3, rel=1e-3)
+    assert float(divergence(probes).sum()) > float(divergence(x).sum())  # a small step goes uphill
+    assert all(p.grad is None for p in nern.predictor.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    per_channel = disagreement_probes(x, student, weights, teacher, eps=torch.tensor([[1e-3, 2e-3, 3e-3]]).expand(6, 3))
+    assert torch.allclose((per_channel - x)[:, 2].abs().amax(), torch.tensor(3e-3))
+
+
+def test_distill_with_probes_is_deterministic() -> None:
+    state_dict = tiny_resnet_state_dict()
+    teacher = build_model(tiny_fit(state_dict, iters=1).arch, state_dict)
+    images = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    data = ImageData(images, torch.randint(0, 10, (40,)), "random")
+    config = DistillConfig(iters=4, lr=1e-3, batch_size=8, holdout=0.0, probe_fraction=0.5)
+    runs = [distill(tiny_fit(state_dict, iters=5), teacher, data, config, device="cpu") for _ in range(2)]
+    plain = distill(tiny_fit(state_dict, iters=5), teacher, data, DistillConfig(iters=4, lr=1e-3, batch_size=8, holdout=0.0), device="cpu")
+    for key, value in runs[0].predictor.state_dict().items():
+        assert torch.equal(value, runs[1].predictor.state_dict()[key])
+    assert any(not torch.equal(v, plain.predictor.state_dict()[k]) for k, v in runs[0].predictor.state_dict().items())

@@ -69,6 +69,7 @@ from .options import (
     FinetuneItersOpt,
     FinetuneLrOpt,
     FitDataOpt,
+    DistillFmdOpt,
     FmdWeightOpt,
     GroupSizeOpt,
     HiddenOpt,
@@ -98,6 +99,8 @@ from .options import (
     Permute,
     PermuteOpt,
     PresetOpt,
+    ProbeEpsOpt,
+    ProbeFractionOpt,
     QatItersOpt,
     RawFp16Opt,
     RequiredOutputOpt,
@@ -387,6 +390,9 @@ def distill_command(
     kd_loss: KdLossOpt = DISTILL_DEFAULTS.kd_loss,
     mix: MixOpt = DISTILL_DEFAULTS.mix,
     mix_fraction: MixFractionOpt = DISTILL_DEFAULTS.mix_fraction,
+    fmd_weight: DistillFmdOpt = DISTILL_DEFAULTS.fmd_weight,
+    probe_fraction: ProbeFractionOpt = DISTILL_DEFAULTS.probe_fraction,
+    probe_eps: ProbeEpsOpt = DISTILL_DEFAULTS.probe_eps,
     holdout: HoldoutOpt = DISTILL_DEFAULTS.holdout,
     eval_every: EvalEveryOpt = DISTILL_DEFAULTS.eval_every,
     seed: SeedOpt = DISTILL_DEFAULTS.seed,
@@ -420,7 +426,8 @@ def distill_command(
     target = _check_output(output_path or Path(f"{nern_path.stem}.distilled.nern"), nern_path, teacher, *data)
     config = distillation.DistillConfig(
         iters=iters, lr=lr, batch_size=batch_size, temperature=temperature, kd_loss=kd_loss, mix=mix,
-        mix_fraction=mix_fraction, holdout=holdout, eval_every=eval_every, seed=seed,
+        mix_fraction=mix_fraction, fmd_weight=fmd_weight, probe_fraction=probe_fraction, probe_eps=probe_eps,
+        holdout=holdout, eval_every=eval_every, seed=seed,
     )  # fmt: skip
     nern = load_artifact(nern_path)
     distillation.check_distillable(nern)  # before loading the teacher and the data

@@ -240,6 +240,29 @@ MixOpt = Annotated[
 MixFractionOpt = Annotated[
     float, typer.Option("--mix-fraction", help="Share of each batch that --mix blends.", rich_help_panel=TRAINING)
 ]
+DistillFmdOpt = Annotated[
+    float,
+    typer.Option(
+        "--fmd-weight", min=0.0,
+        help="Weight of feature-map distillation (maps after every BN and residual sum, L2-normalised); 0 = logits only.",
+        rich_help_panel=TRAINING,
+    ),
+]
+ProbeFractionOpt = Annotated[
+    float,
+    typer.Option(
+        "--probe-fraction", min=0.0, max=1.0,
+        help="Share of each batch moved one gradient step towards where student and teacher disagree.",
+        rich_help_panel=TRAINING,
+    ),
+]
+ProbeEpsOpt = Annotated[
+    float,
+    typer.Option(
+        "--probe-eps", min=0.0, help="Largest probe step, in 1/255 of the pixel range (each image draws U(0, eps)).",
+        rich_help_panel=TRAINING,
+    ),
+]
 HoldoutOpt = Annotated[
     float,
     typer.Option(

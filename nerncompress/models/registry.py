@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field

@@ -43,20 +43,23 @@ for short in $MODELS; do
   done
   if [ "${COMPRESS:-0}" = 1 ]; then
     QK=${Q_KD_ITERS:-2000}; PF=${P_FT_ITERS:-4000}; PK=${P_KD_ITERS:-1500}
-    step "${short}_int8" 600 $NC quantize "$W/${short}d.nern" --bits 8 --qat-iters 0 --kd-iters "$QK" $TRAIN \
-      --device "$DEV" -o "$W/${short}q.nern" --json
-    step "${short}_prune50" 600 $NC prune "$W/${short}d.nern" --sparsity 0.5 --finetune-iters "$PF" --kd-iters "$PK" \
-      --kd-lr 3e-5 $TRAIN --device "$DEV" -o "$W/${short}p.nern" --json
-    step "${short}_prune50_int8" 600 $NC quantize "$W/${short}p.nern" --bits 8 --qat-iters 0 --kd-iters "$QK" $TRAIN \
-      --teacher "$W/${short}d.nern" --device "$DEV" -o "$W/${short}pq.nern" --json
-    for variant in q p pq; do
-      for data in test1000_lossless test10k_jpeg; do
-        step "${short}${variant}_eval_$data" 120 $NC eval "$W/${short}${variant}.nern" --data "$D/$data.npz" \
-          --compare "$D/$m.th" --device "$DEV" --json
-        step "${short}${variant}_vsfloat_$data" 120 $NC eval "$W/${short}${variant}.nern" --data "$D/$data.npz" \
+    evaluate() {  # evaluate VARIANT: against the original and against the float predictor, as soon as it exists
+      for data in test10k_jpeg test1000_lossless; do
+        step "${short}$1_eval_$data" 120 $NC eval "$W/${short}$1.nern" --data "$D/$data.npz" --compare "$D/$m.th" \
+          --device "$DEV" --json
+        step "${short}$1_vsfloat_$data" 120 $NC eval "$W/${short}$1.nern" --data "$D/$data.npz" \
           --compare "$W/${short}d.nern" --device "$DEV" --json
       done
-    done
+    }
+    step "${short}_int8" 600 $NC quantize "$W/${short}d.nern" --bits 8 --qat-iters 0 --kd-iters "$QK" $TRAIN \
+      --device "$DEV" -o "$W/${short}q.nern" --json
+    evaluate q
+    step "${short}_prune50" 600 $NC prune "$W/${short}d.nern" --sparsity 0.5 --finetune-iters "$PF" --kd-iters "$PK" \
+      --kd-lr 3e-5 $TRAIN --device "$DEV" -o "$W/${short}p.nern" --json
+    evaluate p
+    step "${short}_prune50_int8" 600 $NC quantize "$W/${short}p.nern" --bits 8 --qat-iters 0 --kd-iters "$QK" $TRAIN \
+      --teacher "$W/${short}d.nern" --device "$DEV" -o "$W/${short}pq.nern" --json
+    evaluate pq
   fi
   [ "$EXPAND" = 1 ] || continue
   step "${short}_expand_safetensors" 120 $NC expand "$W/${short}d.nern" -o "$W/$short.safetensors" --device "$DEV" --json

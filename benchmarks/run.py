@@ -94,17 +94,16 @@ def recipes_for(mode: str, key: str, only: list[str] | None = None) -> list[Reci
     distill_stage = ("distill", kd)
     decoupled = [short_fit, distill_stage]
     tune = {"qat_iters": 20 if quick else 500, "kd_iters": 10 if quick else 300}
+    # Pruning removes far more than rounding does: a longer refit, and KD at distill's learning rate.
+    prune = ("prune", {"sparsity": 0.5, "finetune_iters": 20 if quick else 4000, "kd_iters": 10 if quick else 800,
+                       "kd_lr": 3e-5})  # fmt: skip
     rows = [
         Recipe("recon", [fit_stage]),
         Recipe("decoupled", decoupled),
         Recipe("decoupled+int8", [*decoupled, ("quantize", {"bits": 8, **tune})], parent="decoupled"),
-        Recipe("decoupled+prune50", [
-            *decoupled, ("prune", {"sparsity": 0.5, "finetune_iters": 20 if quick else 2000, "kd_iters": tune["kd_iters"]}),
-        ], parent="decoupled"),  # fmt: skip
-        Recipe("decoupled+prune50+int8", [
-            *decoupled, ("prune", {"sparsity": 0.5, "finetune_iters": 20 if quick else 2000, "kd_iters": tune["kd_iters"]}),
-            ("quantize", {"bits": 8, "qat_iters": tune["qat_iters"]}),
-        ], parent="decoupled"),  # fmt: skip
+        Recipe("decoupled+prune50", [*decoupled, prune], parent="decoupled"),
+        Recipe("decoupled+prune50+int8", [*decoupled, prune, ("quantize", {"bits": 8, "qat_iters": tune["qat_iters"]})],
+               parent="decoupled"),  # fmt: skip
     ]
     if not quick:
         rounds = 3

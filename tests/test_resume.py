@@ -220,12 +220,14 @@ def test_sigterm_to_a_real_process_saves_and_exits_130(ws, tmp_path):
     assert read_snapshot(resume_path(output)).loop.step >= 20
 
 
-def test_distill_with_cutmix_records_the_options_and_resumes_to_the_same_bytes(ws, tmp_path, monkeypatch):
+def test_distill_with_cutmix_and_probes_records_the_options_and_resumes_to_the_same_bytes(ws, tmp_path, monkeypatch):
     argv = ["distill", ws["nern"], "--teacher", ws["checkpoint"], "--data", ws["data"], *DISTILL,
-            "--mix", "cutmix", "--mix-fraction", "1", "--kd-loss", "mse"]  # fmt: skip
+            "--mix", "cutmix", "--mix-fraction", "1", "--kd-loss", "mse",
+            "--probe-fraction", "0.5", "--probe-eps", "12", "--fmd-weight", "0.5"]  # fmt: skip
     reference = invoke(*argv, "-o", tmp_path / "reference.nern", "--json")
     assert reference.exit_code == 0, reference.stderr
     config = read_metadata(tmp_path / "reference.nern")["history"][-1]["config"]
     assert (config["mix"], config["mix_fraction"], config["kd_loss"]) == ("cutmix", 1.0, "mse")
+    assert (config["probe_fraction"], config["probe_eps"], config["fmd_weight"]) == (0.5, 12.0, 0.5)
     resumed = interrupted_then_resumed(monkeypatch, argv, tmp_path / "resumed.nern", call=5, signum=signal.SIGTERM)
     assert resumed == (tmp_path / "reference.nern").read_bytes()

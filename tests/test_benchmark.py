@@ -59,3 +59,15 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path):
     merge.main([str(out), str(only_ours), "--out", str(merged)])
     methods = [row["method"] for row in json.loads((merged / "results.json").read_text())["rows"]]
     assert methods.count("original fp32") == 1 and any(m.startswith("nern recon") for m in methods)
+
+    rerun = tmp_path / "rerun"  # a re-run of one row replaces it in place with --replace, and only then
+    rerun.mkdir()
+    result = json.loads((out / "results.json").read_text())
+    changed = next(row for row in result["rows"] if row["method"].startswith("nern decoupled+int8"))
+    changed["top1_lossless"] = -1.0
+    (rerun / "results.json").write_text(json.dumps(result))
+    for flags, expected in (([], ours[1]["top1_lossless"]), (["--replace"], -1.0)):
+        merge.main([str(out), str(rerun), *flags, "--out", str(merged)])
+        rows = json.loads((merged / "results.json").read_text())["rows"]
+        assert [row["method"] for row in rows] == [row["method"] for row in results["rows"]]
+        assert next(row for row in rows if row["method"] == changed["method"])["top1_lossless"] == expected

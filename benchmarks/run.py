@@ -118,6 +118,10 @@ def recipes_for(mode: str, key: str, only: list[str] | None = None) -> list[Reci
             rows.append(Recipe("decoupled, resnet56 teacher", [short_fit, ("distill", strong)], teacher="resnet56"))
             # The decoupled row above leaves ~170 s of its budget unused: the same recipe with that time spent on KD.
             rows.append(Recipe("decoupled, 2000 KD steps", [short_fit, ("distill", {**kd, "iters": 2000})]))
+            # The opt-in distill options, inside the same budget (FMD costs ~1.7x per step, hence fewer steps).
+            probes = {**kd, "probe_fraction": 0.5, "probe_eps": 16.0}
+            rows.append(Recipe("decoupled, probes", [short_fit, ("distill", probes)]))
+            rows.append(Recipe("decoupled, fmd", [short_fit, ("distill", {**kd, "iters": 1000, "fmd_weight": 1.0})]))
     return [r for r in rows if only is None or r.name in only]
 
 

@@ -250,6 +250,7 @@ def train_with_teacher(
         if teacher_holdout is not None:
             best["holdout_agreement"] = _holdout_score(student, regenerate, holdout_x, teacher_holdout)
         best_state = {k: v.detach().clone() for k, v in predictor.state_dict().items()}
+    probe_step = (config.probe_eps / 255.0) / torch.tensor([std])  # largest step per channel, normalised units
     metrics: dict[str, float] = {}
     for step in range(resumed.step if resumed is not None else 0, config.iters):
         lr = lr_at(step, total=config.iters, peak=config.lr, warmup=config.warmup, final_ratio=config.final_lr_ratio)
@@ -261,7 +262,7 @@ def train_with_teacher(
             weights = regenerate()
         probes = round(x.shape[0] * config.probe_fraction)
         if probes:
-            eps = torch.rand(probes, 1, generator=generator) * (config.probe_eps / 255.0) / torch.tensor([std])
+            eps = torch.rand(probes, 1, generator=generator) * probe_step
             with autocast:
                 x[-probes:] = disagreement_probes(x[-probes:], student, weights, teacher, eps=eps.to(device))
         with autocast, torch.no_grad(), capture_features(taps_teacher) as teacher_features:

@@ -21,7 +21,6 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-
 def lr_at(step: int, *, total: int, peak: float, warmup: float, final_ratio: float) -> float:
     """Learning rate at ``step`` (0-based) of ``total``: linear warmup, then cosine decay to peak * final_ratio."""
     warmup_steps = int(round(warmup * total))

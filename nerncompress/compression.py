@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ CONFIG_VERSION = 1
 ROUNDINGS = ("gptq", "nearest")
 METHODS = ("unstructured", "structured")
 SCOPES = ("global", "layer")
+SCHEDULES = ("oneshot", "gradual")
+GRADUAL_UPDATES = 20  # mask updates over the ramp of a gradual schedule
 PRUNE_LR = 1e-2  # a 50%-pruned predictor needs a refit at fit's rate: 1e-3 left ResNet-20 at 15.6% after 2,000 steps
 KD_LR = 1e-5  # distill's measured ceiling: 2e-4 destroys a fitted predictor
 GPTQ_SAMPLES = 65536  # kernels whose embeddings estimate each layer's input correlations
@@ -184,6 +187,11 @@ class PruneConfig(_FinetuneConfig):
         sparsity: share of weights (unstructured) or hidden units (structured) removed, in [0, 1) (``--sparsity``).
         scope: "global" ranks across all layers, "layer" removes the same share from every layer.
         finetune_iters: reconstruction steps after pruning (``--finetune-iters``; 0 = none).
+        schedule: "oneshot" prunes everything before fine-tuning; "gradual" (unstructured only) raises the
+            sparsity along Zhu & Gupta's cubic ramp s_t = s (1 - (1 - t / T)^3) over the first ``ramp`` of the
+            reconstruction steps, re-ranking the surviving weights at each of ``GRADUAL_UPDATES`` updates, so
+            the predictor adapts while it loses weights (``--schedule``).
+        ramp: share of ``finetune_iters`` over which a gradual schedule reaches ``sparsity``.
 
     Example:
         >>> pruned = compress(nern, PruneConfig(sparsity=0.5, finetune_iters=1000))
@@ -193,6 +201,8 @@ class PruneConfig(_FinetuneConfig):
     sparsity: float = 0.5
     scope: str = "global"
     finetune_iters: int = 1000
+    schedule: str = "oneshot"
+    ramp: float = 0.5
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -202,10 +212,25 @@ class PruneConfig(_FinetuneConfig):
             raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         if self.scope not in SCOPES:
             raise UsageError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.schedule == "gradual" and (self.method != "unstructured" or self.finetune_iters < 1):
+            raise UsageError("--schedule gradual needs unstructured pruning and --finetune-iters >= 1")
+        if not 0.0 < self.ramp <= 1.0:
+            raise UsageError(f"ramp must be in (0, 1], got {self.ramp}")
         self._check_finetune(self.finetune_iters, "--finetune-iters")
 
     def _default_lr(self) -> float:
         return PRUNE_LR
+
+    def sparsity_at(self, step: int) -> float:
+        """The sparsity the masks hold from reconstruction step ``step`` on (constant when one-shot)."""
+        if self.schedule == "oneshot":
+            return self.sparsity
+        ramp_steps = max(1, round(self.ramp * self.finetune_iters))
+        every = max(1, ramp_steps // GRADUAL_UPDATES)
+        progress = min(1.0, (step // every + 1) * every / ramp_steps)
+        return self.sparsity * (1.0 - (1.0 - progress) ** 3)
 
 
 # ------------------------------------------------------------------------------------------------- compress
@@ -271,11 +296,16 @@ def compress(
     if isinstance(config, QuantizeConfig):
         stage, iters, details = "quantize", config.qat_iters, _apply_quantization(result, config)
     else:
+        dense = copy.deepcopy(result.predictor)
         stage, iters, details = "prune", config.finetune_iters, _apply_pruning(result, config)
     masks = _zero_masks(result.predictor) if "prune" in result.compression else None
     rounded = copy.deepcopy(result.predictor)
     _project_(rounded, result.compression, masks)
     errors = {"naive": _rounded(reconstruction_error(dataclasses.replace(result, predictor=rounded), targets))}
+    before_step = None
+    if isinstance(config, PruneConfig) and config.schedule == "gradual":
+        # "naive" above is the one-shot result; the gradual schedule starts again from the dense weights.
+        result.predictor, before_step = dense, _gradual_masks(dense, config, masks)
     finetune = bool(iters or config.kd_iters)
     if isinstance(config, QuantizeConfig) and config.rounding == "gptq" and config.bits != "fp16":
         _round_gptq_(result, masks, seed=config.seed)
@@ -285,8 +315,10 @@ def compress(
     metrics: dict[str, Any] = {}
     if finetune:
         # Fine-tuning starts from the float (or GPTQ-rounded) weights; parametrizations round them in every pass.
-        metrics = _finetune(result, config, iters, masks, targets, data, teacher, torch_device, on_step)
+        metrics = _finetune(result, config, iters, masks, targets, data, teacher, torch_device, on_step, before_step)
         _project_(result.predictor, result.compression, masks)
+    if before_step is not None:
+        details["achieved_sparsity"] = _sparsity(masks)
     result.compression = encode_predictor(result.predictor, result.compression)[1]
     after = reconstruction_error(result, targets)
     result.history.append(
@@ -432,8 +464,12 @@ def _apply_pruning(nern: Nern, config: PruneConfig) -> dict[str, Any]:
     nern.compression = {
         **nern.compression, "version": STATE_VERSION, "prune": {"sparsity": config.sparsity, "scope": config.scope}
     }
+    return {"achieved_sparsity": _sparsity(masks)}
+
+
+def _sparsity(masks: dict[str, Tensor]) -> float:
     kept = sum(int(mask.sum()) for mask in masks.values())
-    return {"achieved_sparsity": round(1.0 - kept / sum(mask.numel() for mask in masks.values()), 6)}
+    return round(1.0 - kept / sum(mask.numel() for mask in masks.values()), 6)
 
 
 def _top(scores: Tensor, keep: int) -> Tensor:
@@ -456,6 +492,29 @@ def _magnitude_masks(predictor: nn.Module, sparsity: float, scope: str) -> dict[
     flat = torch.cat([(w / w.pow(2).mean().sqrt().clamp_min(1e-12)).reshape(-1) for w in weights.values()])
     kept = _top(flat, round((1.0 - sparsity) * flat.numel())).split([w.numel() for w in weights.values()])
     return {name: mask.view_as(w) for (name, w), mask in zip(weights.items(), kept)}
+
+
+def _gradual_masks(predictor: nn.Module, config: PruneConfig, masks: dict[str, Tensor]) -> Callable[[int], None]:
+    """Set ``masks`` (in place) to the first step's sparsity, and return the hook that raises it during
+    reconstruction. Weights pruned at one update stay pruned: they are zero, so they rank last at the next."""
+    existing = {name: module.weight.detach().cpu() != 0 for name, module in _linears(predictor).items()}
+    for name, mask in masks.items():
+        mask.copy_(existing[name])
+    current = {"sparsity": -1.0}
+
+    def update(step: int) -> None:
+        sparsity = config.sparsity_at(step)
+        if sparsity == current["sparsity"]:
+            return
+        current["sparsity"] = sparsity
+        for name, mask in _magnitude_masks(predictor, sparsity, config.scope).items():
+            masks[name].copy_(mask & masks[name] & existing[name])
+            module = _linears(predictor)[name]
+            if parametrize.is_parametrized(module, "weight"):
+                module.parametrizations.weight[0].mask.copy_(masks[name])
+
+    update(0)
+    return update
 
 
 def _remove_hidden_units(predictor: Predictor, sparsity: float, scope: str) -> Predictor:
@@ -503,8 +562,10 @@ def _finetune(
     teacher: nn.Module | None,
     device: torch.device,
     on_step: StepCallback | None,
+    before_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train the predictor through parametrizations that apply the compression state, then remove them."""
+    """Train the predictor through parametrizations that apply the compression state, then remove them.
+    ``before_step(step)`` runs before each reconstruction step (a gradual pruning schedule's mask updates)."""
     total = recon_iters + config.kd_iters
     metrics: dict[str, Any] = {}
     _parametrize_(nern.predictor, nern.compression, masks)
@@ -515,7 +576,9 @@ def _finetune(
                 importance=config.importance, precision=config.precision, seed=config.seed,
             )  # fmt: skip
             nern.predictor.to(device)
-            result = train_reconstruction(nern, targets, fit_config, device=device, on_step=_offset(on_step, 0, total))
+            result = train_reconstruction(
+                nern, targets, fit_config, device=device, on_step=_offset(on_step, 0, total), before_step=before_step
+            )
             metrics["recon_final_loss"] = result["final_loss"]
         if config.kd_iters:
             distill_config = DistillConfig(

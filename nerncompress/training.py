@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -262,8 +263,10 @@ def train_reconstruction(
     on_step: StepCallback | None = None,
     log_every: int = 50,
     checkpointer: Checkpointer | None = None,
+    before_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """The reconstruction loop: sample kernels, regress, step. Returns the final training loss."""
+    """The reconstruction loop: sample kernels, regress, step. Returns the final training loss.
+    ``before_step(step)``, when given, runs first in every step (e.g. to update pruning masks)."""
     groups = kernel_groups(nern, weights, device, config.importance)
     total_kernels = sum(g.targets.shape[0] for g in groups)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -272,6 +275,8 @@ def train_reconstruction(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(config.precision, device))
     resumed = checkpointer.restore(predictor, optimizer, generator) if checkpointer is not None else None
     for step in range(resumed.step if resumed is not None else 0, config.iters):
+        if before_step is not None:
+            before_step(step)
         lr = lr_at(step, total=config.iters, peak=config.lr, warmup=config.warmup, final_ratio=config.final_lr_ratio)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr

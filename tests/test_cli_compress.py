@@ -123,6 +123,18 @@ def test_structured_prune_with_kd_phase(ws, tmp_path):
     assert sum(summary["widths_after"]) < sum(summary["widths_before"])
 
 
+def test_gradual_prune(ws, tmp_path):
+    out = tmp_path / "gradual.nern"
+    result = invoke("prune", ws["nern"], "--schedule", "gradual", "--finetune-iters", "4", *CPU, "-o", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["config"]["schedule"] == "gradual" and summary["file_bytes_after"] == out.stat().st_size
+    assert summary["file_bytes_after"] < summary["file_bytes_before"]
+    bad = invoke("prune", ws["nern"], "--schedule", "gradual", "--finetune-iters", "0", "-o", tmp_path / "x.nern")
+    assert_one_line_error(bad, 2)
+    assert "--schedule gradual" in bad.stderr and not (tmp_path / "x.nern").exists()
+
+
 def test_compress_usage_errors(ws, tmp_path):
     assert_one_line_error(invoke("quantize", ws["nern"], "-o", ws["nern"]), 2)
     assert_one_line_error(invoke("prune", ws["nern"], "-o", tmp_path / "missing" / "x.nern"), 2)

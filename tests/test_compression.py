@@ -1,3 +1,5 @@
+import copy
+import dataclasses
 import json
 import struct
 
@@ -9,7 +11,8 @@ from safetensors.torch import load_file
 from helpers import tiny_fit, tiny_resnet_state_dict
 from nerncompress.artifact import load_artifact, save_artifact
 from nerncompress.compression import (
-    PruneConfig, QuantizeConfig, compress, decode_predictor, encode_predictor, predictor_bytes,
+    PruneConfig, QuantizeConfig, _gradual_masks, _linears, compress, decode_predictor, encode_predictor,
+    predictor_bytes,
 )  # fmt: skip
 from nerncompress.errors import ArtifactError, UsageError
 from nerncompress.expand import expand_state_dict, export
@@ -143,6 +146,54 @@ def test_pruned_artifact_is_smaller_and_keeps_its_zeros(tmp_path, fitted):
     assert _same_predictor(pruned.predictor, load_artifact(tmp_path / "sparse.nern").predictor)
 
 
+def test_gradual_schedule_ramps_cubically_then_holds():
+    config = PruneConfig(sparsity=0.6, finetune_iters=1000, schedule="gradual")
+    schedule = [config.sparsity_at(step) for step in range(1000)]
+    assert 0.0 < schedule[0] < 0.1
+    assert all(a <= b for a, b in zip(schedule, schedule[1:]))
+    assert schedule[499] == pytest.approx(0.6) and schedule[-1] == pytest.approx(0.6)  # ramp: first half
+    assert schedule[250] > 0.6 * 0.8  # cubic: most of the pruning early, while the learning rate is high
+    assert len(set(schedule)) == 20  # compress.GRADUAL_UPDATES mask updates
+    oneshot = PruneConfig(sparsity=0.6, finetune_iters=1000)
+    assert {oneshot.sparsity_at(step) for step in range(0, 1000, 7)} == {0.6}
+
+
+def test_gradual_masks_only_ever_drop_weights(fitted):
+    predictor = copy.deepcopy(fitted.predictor)
+    config = PruneConfig(sparsity=0.5, finetune_iters=100, schedule="gradual")
+    masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in _linears(predictor).items()}
+    update = _gradual_masks(predictor, config, masks)
+    previous, total = None, sum(m.numel() for m in masks.values())
+    for step in range(100):
+        update(step)
+        with torch.no_grad():  # stands in for the FixedMask parametrization of a real fine-tuning run
+            for name, module in _linears(predictor).items():
+                module.weight.mul_(masks[name])
+                module.weight.add_(0.01 * torch.randn_like(module.weight) * masks[name])
+        kept = {name: m.clone() for name, m in masks.items()}
+        pruned = 1 - sum(int(m.sum()) for m in kept.values()) / total
+        assert pruned == pytest.approx(config.sparsity_at(step), abs=2 / total)
+        if previous is not None:
+            assert all(bool((kept[n] <= previous[n]).all()) for n in kept)
+        previous = kept
+
+
+def test_gradual_pruning_end_to_end(tmp_path, fitted):
+    config = PruneConfig(sparsity=0.5, finetune_iters=20, lr=1e-3, schedule="gradual")
+    pruned = compress(fitted, config, device="cpu")
+    again = compress(fitted, config, device="cpu")
+    oneshot = compress(fitted, dataclasses.replace(config, schedule="oneshot"), device="cpu")
+    assert _same_predictor(pruned.predictor, again.predictor)  # reproducible
+    assert not _same_predictor(pruned.predictor, oneshot.predictor)
+    weights = [p for p in pruned.predictor.parameters() if p.dim() == 2]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros >= 0.5 * sum(w.numel() for w in weights) - 1
+    assert pruned.history[-1]["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert pruned.history[-1]["config"]["schedule"] == "gradual"
+    save_artifact(pruned, tmp_path / "m.nern")
+    assert _same_predictor(pruned.predictor, load_artifact(tmp_path / "m.nern").predictor)
+
+
 def test_delta_coded_indices_at_high_sparsity():
     predictor = build_predictor(PredictorConfig(input_dim=64, hidden=96, depth=1), seed=0)
     with torch.no_grad():
@@ -207,6 +258,10 @@ def test_structured_pruning_gives_a_smaller_dense_mlp(tmp_path, fitted):
         lambda: PruneConfig(method="random"),
         lambda: PruneConfig(finetune_iters=-5),
         lambda: PruneConfig(precision="fp8"),
+        lambda: PruneConfig(schedule="linear"),
+        lambda: PruneConfig(schedule="gradual", method="structured"),
+        lambda: PruneConfig(schedule="gradual", finetune_iters=0),
+        lambda: PruneConfig(schedule="gradual", ramp=0),
         lambda: PruneConfig.from_dict({"sparsity": 0.5, "typo": 1}),
     ],
 )

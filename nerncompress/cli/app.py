@@ -110,6 +110,8 @@ from .options import (
     RoundsOpt,
     RunDeviceOpt,
     RunThreadsOpt,
+    Schedule,
+    ScheduleOpt,
     Scheme,
     SchemeOpt,
     Scope,
@@ -578,6 +580,7 @@ def prune_command(
     sparsity: SparsityOpt = PRUNE_DEFAULTS.sparsity,
     method: MethodOpt = Method(PRUNE_DEFAULTS.method),
     scope: ScopeOpt = Scope(PRUNE_DEFAULTS.scope),
+    schedule: ScheduleOpt = Schedule(PRUNE_DEFAULTS.schedule),
     finetune_iters: FinetuneItersOpt = PRUNE_DEFAULTS.finetune_iters,
     lr: FinetuneLrOpt = None,
     original: OriginalOpt = None,
@@ -607,8 +610,8 @@ def prune_command(
         output_path or Path(f"{nern_path.stem}.pruned.nern"), nern_path, original, teacher, *(data or [])
     )
     config = PruneConfig(
-        method=method.value, sparsity=sparsity, scope=scope.value, finetune_iters=finetune_iters, lr=lr,
-        kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
+        method=method.value, sparsity=sparsity, scope=scope.value, schedule=schedule.value,
+        finetune_iters=finetune_iters, lr=lr, kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
     )  # fmt: skip
     _compress_command(
         out, nern_path, config, target=target, original=original, data=data, split=split, teacher=teacher,

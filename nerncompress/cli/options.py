@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from ..compression import METHODS, ROUNDINGS, SCOPES, PruneConfig, QuantizeConfig
+from ..compression import METHODS, ROUNDINGS, SCHEDULES, SCOPES, PruneConfig, QuantizeConfig
 from ..devices import resolve_device
 from ..errors import UsageError
 from ..permutations import PERMUTATIONS
@@ -37,6 +37,7 @@ Bits = Enum("Bits", {f"b{bits}": str(bits) for bits in BITS}, type=str)  # type:
 Rounding = Enum("Rounding", {name: name for name in ROUNDINGS}, type=str)  # type: ignore[misc]
 Method = Enum("Method", {name: name for name in METHODS}, type=str)  # type: ignore[misc]
 Scope = Enum("Scope", {name: name for name in SCOPES}, type=str)  # type: ignore[misc]
+Schedule = Enum("Schedule", {name: name for name in SCHEDULES}, type=str)  # type: ignore[misc]
 
 
 def _check_device(value: str) -> str:
@@ -359,6 +360,15 @@ ScopeOpt = Annotated[
         "--scope",
         help="global: rank weights across all layers (each relative to its layer's RMS); layer: the same share "
         "from every layer.",
+        rich_help_panel=COMPRESSION,
+    ),
+]  # fmt: skip
+ScheduleOpt = Annotated[
+    Schedule,
+    typer.Option(
+        "--schedule",
+        help="oneshot: prune everything, then fine-tune; gradual: raise the sparsity along a cubic ramp over the "
+        "first half of the fine-tuning steps (unstructured only; needs --finetune-iters >= 1).",
         rich_help_panel=COMPRESSION,
     ),
 ]  # fmt: skip

@@ -340,7 +340,7 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path) -> None:
         f"commit {meta['commit'][:10]}, seed {meta['seed']}, mode {meta['mode']}.",
         *([meta["note"], ""] if meta.get("note") else [""]),
         "| model | method | file ratio | conv ratio | bytes | top-1 lossless | delta (jpeg, paired) | agreement (jpeg) "
-        "| vs float predictor: agreement (jpeg) / top-1 delta | fit s | expand s (safetensors / onnx) "
+        "| vs float predictor: agreement jpeg / lossless, top-1 delta | fit s | expand s (safetensors / onnx) "
         "| peak RSS MB (fit / expand) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -352,7 +352,8 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path) -> None:
         rss = (f"{r['fit_peak_rss_mb']:.0f} / {r['expand_safetensors_peak_rss_mb']:.0f}"
                if r.get("fit_peak_rss_mb") is not None else "")  # fmt: skip
         parent = r.get("vs_float")
-        vs_float = f"{parent['agreement_jpeg']:.1f}% / {parent['top1_lossless_delta']:+.1f}" if parent else ""
+        vs_float = (f"{parent['agreement_jpeg']:.1f}% / {parent['agreement_lossless']:.1f}%, "
+                    f"{parent['top1_lossless_delta']:+.1f}" if parent else "")  # fmt: skip
         lines.append(
             f"| {r['model']} | {r['method']} | {r['file_ratio']:.1%} | {conv} | {r['bytes']:,} | {r['top1_lossless']:.1f} "
             f"| {r['delta_jpeg']:+.2f} | {r['agreement_jpeg']:.1f}% | {vs_float} | {fit_s} | {expand} | {rss} |"

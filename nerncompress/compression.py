@@ -296,7 +296,7 @@ def compress(
     if isinstance(config, QuantizeConfig):
         stage, iters, details = "quantize", config.qat_iters, _apply_quantization(result, config)
     else:
-        dense = copy.deepcopy(result.predictor)
+        dense = copy.deepcopy(result.predictor) if config.schedule == "gradual" else None
         stage, iters, details = "prune", config.finetune_iters, _apply_pruning(result, config)
     masks = _zero_masks(result.predictor) if "prune" in result.compression else None
     rounded = copy.deepcopy(result.predictor)

@@ -321,6 +321,7 @@ def distill(
     teacher_source: dict | None = None,
     checkpointer: Checkpointer | None = None,
     trust_code: bool = False,
+    target_weights: dict[str, Tensor] | None = None,
 ) -> Nern:
     """Decoupled distillation: fine-tune the predictor so the regenerated network matches a teacher's outputs.
 
@@ -338,6 +339,8 @@ def distill(
             (see ``resume.py``); None trains without snapshots.
         trust_code: build the .nern's architecture even when it is a user builder read from a file (its module is
             imported: trusted files only; see ``registry.check_arch``).
+        target_weights: conv weights the reconstruction term (``config.recon_weight > 0``) holds the predictor
+            to, e.g. the original checkpoint's; None = the weights it regenerates before distillation.
 
     Returns:
         The same Nern, its history extended by a ``distill`` record.
@@ -364,9 +367,14 @@ def distill(
             },
         )
         checkpointer.begin_round(0, nern.history, None)
+    if config.recon_weight > 0 and target_weights is None:
+        from .expand import expand_state_dict  # local: expand pulls in the ONNX exporter
+
+        target_weights = expand_state_dict(nern, device="cpu")
     result = train_with_teacher(
-        nern, teacher, data, config, device=torch_device, on_step=on_step, checkpointer=checkpointer
-    )
+        nern, teacher, data, config, device=torch_device, on_step=on_step, checkpointer=checkpointer,
+        target_weights=target_weights,
+    )  # fmt: skip
     nern.history.append(
         {
             "stage": "distill",

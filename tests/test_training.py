@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from helpers import tiny_fit, tiny_resnet_state_dict
 from nerncompress.data import ImageData
 from nerncompress.errors import UsageError
+from nerncompress.expand import expand_state_dict
 from nerncompress.models import build_model
 from nerncompress.distillation import DistillConfig, _Regenerator, disagreement_probes, distill, student_model
 from nerncompress.optim import lr_at
@@ -89,6 +91,23 @@ def test_distill_moves_the_student_towards_the_teacher_and_selects_on_holdout(op
     assert record["holdout_agreement"] is not None
     if record["selected_step"]:
         assert any(not torch.equal(v, nern.predictor.state_dict()[k]) for k, v in before.items())
+
+
+def test_distill_reconstruction_term_holds_the_predictor_to_its_targets():
+    state_dict = tiny_resnet_state_dict()
+    fitted = tiny_fit(state_dict, iters=20)
+    regenerated = expand_state_dict(fitted, device="cpu")
+    teacher = build_model(fitted.arch, state_dict)
+    data = ImageData(torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8), torch.randint(0, 10, (40,)), "random")
+    to_original, to_self = {}, {}
+    for name, weight, targets in (("kd only", 0.0, None), ("self", 1e4, None), ("original", 1e4, state_dict)):
+        nern = copy.deepcopy(fitted)
+        config = DistillConfig(iters=8, lr=1e-2, batch_size=8, holdout=0.0, eval_every=0, recon_weight=weight)
+        distill(nern, teacher, data, config, device="cpu", target_weights=targets)
+        to_original[name] = reconstruction_error(nern, state_dict)["rmse"]
+        to_self[name] = reconstruction_error(nern, regenerated)["rmse"]
+    assert to_original["original"] < to_original["kd only"]
+    assert to_self["self"] < to_self["kd only"]  # None: held to the weights it regenerated before distilling
 
 
 def test_data_free_distill_runs_on_noise():

@@ -315,8 +315,8 @@ BitsOpt = Annotated[
 GroupSizeOpt = Annotated[
     int | None,
     typer.Option(
-        "--group-size", min=1, help="Inputs sharing one scale. Default: one scale per output row. 32 makes an int8 file ~3% larger "
-        "and its regenerated kernels 30% more exact (ResNet-56: 3.6% vs 5.1% error).",
+        "--group-size", min=1, help="Inputs sharing one scale. Default: one scale per output row. 32 makes an "
+        "int8 file ~3% larger and its regenerated kernels 30% more exact (ResNet-56: 3.6% vs 5.1% error).",
         rich_help_panel=COMPRESSION,
     ),
 ]  # fmt: skip

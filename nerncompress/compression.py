@@ -293,17 +293,19 @@ def compress(
         result.arch = result.arch.trusted()
     before = reconstruction_error(result, targets)
     bytes_before = predictor_bytes(result.predictor, result.compression)
+    dense = None  # the unpruned predictor, kept when a gradual schedule starts from it
     if isinstance(config, QuantizeConfig):
         stage, iters, details = "quantize", config.qat_iters, _apply_quantization(result, config)
     else:
-        dense = copy.deepcopy(result.predictor) if config.schedule == "gradual" else None
+        if config.schedule == "gradual":
+            dense = copy.deepcopy(result.predictor)
         stage, iters, details = "prune", config.finetune_iters, _apply_pruning(result, config)
     masks = _zero_masks(result.predictor) if "prune" in result.compression else None
     rounded = copy.deepcopy(result.predictor)
     _project_(rounded, result.compression, masks)
     errors = {"naive": _rounded(reconstruction_error(dataclasses.replace(result, predictor=rounded), targets))}
     before_step = None
-    if isinstance(config, PruneConfig) and config.schedule == "gradual":
+    if dense is not None:
         # "naive" above is the one-shot result; the gradual schedule starts again from the dense weights.
         result.predictor, before_step = dense, _gradual_masks(dense, config, masks)
     finetune = bool(iters or config.kd_iters)
@@ -497,20 +499,22 @@ def _magnitude_masks(predictor: nn.Module, sparsity: float, scope: str) -> dict[
 def _gradual_masks(predictor: nn.Module, config: PruneConfig, masks: dict[str, Tensor]) -> Callable[[int], None]:
     """Set ``masks`` (in place) to the first step's sparsity, and return the hook that raises it during
     reconstruction. Weights pruned at one update stay pruned: they are zero, so they rank last at the next."""
-    existing = {name: module.weight.detach().cpu() != 0 for name, module in _linears(predictor).items()}
+    linears = _linears(predictor)
+    existing = {name: module.weight.detach().cpu() != 0 for name, module in linears.items()}
     for name, mask in masks.items():
         mask.copy_(existing[name])
-    current = {"sparsity": -1.0}
+    current = -1.0
 
     def update(step: int) -> None:
+        nonlocal current
         sparsity = config.sparsity_at(step)
-        if sparsity == current["sparsity"]:
+        if sparsity == current:
             return
-        current["sparsity"] = sparsity
+        current = sparsity
         for name, mask in _magnitude_masks(predictor, sparsity, config.scope).items():
             masks[name].copy_(mask & masks[name] & existing[name])
-            module = _linears(predictor)[name]
-            if parametrize.is_parametrized(module, "weight"):
+            module = linears[name]
+            if parametrize.is_parametrized(module, "weight"):  # FixedMask is its first parametrization
                 module.parametrizations.weight[0].mask.copy_(masks[name])
 
     update(0)

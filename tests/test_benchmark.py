@@ -33,6 +33,10 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path):
     results = json.loads((out / "results.json").read_text())
     methods = [row["method"] for row in results["rows"]]
     assert "original fp32" in methods and "int8 per-channel" in methods and "fp16" in methods
+    assert "int3 group 32" in methods and "int3 per-channel" in methods
+    int3 = next(row for row in results["rows"] if row["method"] == "int3 per-channel")
+    int4 = next(row for row in results["rows"] if row["method"] == "int4 per-channel")
+    assert int3["bytes"] < int4["bytes"]
     ours = [row for row in results["rows"] if row["kind"] == "ours"]
     assert len(ours) == 2
     for row in ours:

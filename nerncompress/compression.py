@@ -36,12 +36,13 @@ from .quantization import (  # noqa: F401  (encode/decode/predictor_bytes: re-ex
     gptq_weight, predictor_bytes, round_fp16, round_weight,
 )  # fmt: skip
 from .distillation import DistillConfig, train_with_teacher
+from .learned_rounding import learned_round_
 from .optim import PRECISIONS, StepCallback
-from .reconstruction import IMPORTANCE, reconstruction_error
+from .reconstruction import IMPORTANCE, kernel_groups, reconstruction_error
 from .training import FitConfig, train_reconstruction
 
 CONFIG_VERSION = 1
-ROUNDINGS = ("gptq", "nearest")
+ROUNDINGS = ("gptq", "learned", "nearest")
 METHODS = ("unstructured", "structured")
 SCOPES = ("global", "layer")
 SCHEDULES = ("oneshot", "gradual")
@@ -133,7 +134,10 @@ class QuantizeConfig(_FinetuneConfig):
         bias_dtype: "float16" (default: costs nothing measurable) or "float32".
         raw_fp16: also store the raw (non-represented) float32 tensors as float16 (``--raw-fp16``).
         rounding: "gptq" (default) rounds each layer with error compensation (``gptq_weight``) on the kernels'
-            own embeddings, before fine-tuning; "nearest" rounds every weight to its nearest level.
+            own embeddings, before fine-tuning; "learned" chooses up or down for every weight by optimising all
+            layers together for the regenerated kernels (``learned_rounding``, ``rounding_iters`` steps);
+            "nearest" rounds every weight to its nearest level.
+        rounding_iters: steps of learned rounding (``--rounding-iters``).
         qat_iters: reconstruction steps with fake-quantized weights before the final rounding (``--qat-iters``;
             0 = no fine-tuning). The default learning rate shrinks with the quantization step: 3e-6 at 8 bits,
             x2 per bit less; larger steps move the float weights further than the rounding does.
@@ -147,6 +151,7 @@ class QuantizeConfig(_FinetuneConfig):
     bias_dtype: str = "float16"
     raw_fp16: bool = False
     rounding: str = "gptq"
+    rounding_iters: int = 3000
     qat_iters: int = 1000
 
     def __post_init__(self) -> None:
@@ -163,6 +168,8 @@ class QuantizeConfig(_FinetuneConfig):
         if self.rounding not in ROUNDINGS:
             raise UsageError(f"unknown rounding {self.rounding!r}: choose one of {', '.join(ROUNDINGS)}")
         self._check_finetune(self.qat_iters, "--qat-iters")
+        if isinstance(self.rounding_iters, bool) or int(self.rounding_iters) < 1:
+            raise UsageError(f"--rounding-iters must be >= 1, got {self.rounding_iters}")
 
     def _default_lr(self) -> float:
         return 1e-6 if self.bits == "fp16" else 3e-6 * 2.0 ** (8 - int(self.bits))
@@ -309,15 +316,20 @@ def compress(
         # "naive" above is the one-shot result; the gradual schedule starts again from the dense weights.
         result.predictor, before_step = dense, _gradual_masks(dense, config, masks)
     finetune = bool(iters or config.kd_iters)
+    metrics: dict[str, Any] = {}
     if isinstance(config, QuantizeConfig) and config.rounding == "gptq" and config.bits != "fp16":
         _round_gptq_(result, masks, seed=config.seed)
         errors["gptq"] = _rounded(reconstruction_error(result, targets))
+    elif isinstance(config, QuantizeConfig) and config.rounding == "learned" and config.bits != "fp16":
+        metrics.update(_round_learned_(result, config, masks, targets, torch_device, on_step))
+        errors["learned"] = _rounded(reconstruction_error(result, targets))
     elif not finetune:
         result.predictor = rounded
-    metrics: dict[str, Any] = {}
     if finetune:
         # Fine-tuning starts from the float (or GPTQ-rounded) weights; parametrizations round them in every pass.
-        metrics = _finetune(result, config, iters, masks, targets, data, teacher, torch_device, on_step, before_step)
+        metrics.update(
+            _finetune(result, config, iters, masks, targets, data, teacher, torch_device, on_step, before_step)
+        )
         _project_(result.predictor, result.compression, masks)
     if before_step is not None:
         details["achieved_sparsity"] = _sparsity(masks)
@@ -434,6 +446,29 @@ def _round_gptq_(nern: Nern, masks: dict[str, Tensor] | None, *, seed: int) -> N
     for size in predictor.config.kernel_sizes:
         name = f"heads.{head_name(size)}"
         round_linear(name, predictor.heads[head_name(size)], x[kernel_sizes == size])
+
+
+def _round_learned_(
+    nern: Nern,
+    config: QuantizeConfig,
+    masks: dict[str, Tensor] | None,
+    targets: dict[str, Tensor],
+    device: torch.device,
+    on_step: StepCallback | None,
+) -> dict[str, float]:
+    """Learned rounding (``learned_rounding.py``) of every Linear weight, after rounding the biases as stored."""
+    spec = nern.compression["quantize"]
+    if spec["bias_dtype"] == "float16":
+        with torch.no_grad():
+            for module in _linears(nern.predictor).values():
+                module.bias.copy_(round_fp16(module.bias))
+    groups = kernel_groups(nern, targets, device, config.importance)
+    metrics = learned_round_(
+        nern, groups, bits=int(spec["bits"]), group_size=spec["group_size"], masks=masks, iters=config.rounding_iters,
+        batch_size=config.batch_size, seed=config.seed, on_step=on_step,
+    )  # fmt: skip
+    _project_(nern.predictor, nern.compression, masks)  # already on the grid: this only pins the stored values
+    return metrics
 
 
 def _apply_quantization(nern: Nern, config: QuantizeConfig) -> dict[str, Any]:

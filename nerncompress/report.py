@@ -240,9 +240,9 @@ def compress_summary(nern: Nern, input_path: PathLike, path: PathLike, *, second
         and ``file_ratio`` (file bytes / fp32 reference bytes), ``conv_ratio`` (predictor parameters / represented
         conv weights), ``predictor_bytes_before`` / ``predictor_bytes_after`` (tensor data of the predictor),
         ``compression`` (the new state, without its storage ``layout``), ``reconstruction`` (``before``, ``naive``
-        = compressed without fine-tuning, ``gptq`` when GPTQ rounding ran, and ``after``; each with ``rmse``,
-        ``relative_rmse``, ``normalised_rmse``; measured against ``targets``: "self" = the input's own regenerated
-        weights, "given" = --original), ``achieved_sparsity`` (unstructured pruning), ``widths_before`` /
+        = compressed without fine-tuning, ``gptq`` / ``learned`` when that rounding ran, and ``after``; each with
+        ``rmse``, ``relative_rmse``, ``normalised_rmse``; measured against ``targets``: "self" = the input's own
+        regenerated weights, "given" = --original), ``achieved_sparsity`` (unstructured pruning), ``widths_before`` /
         ``widths_after`` (structured pruning), ``steps``, ``seconds``, ``device``, ``data``, ``config``, ``arch``.
     """
     file_bytes = Path(path).stat().st_size
@@ -250,7 +250,8 @@ def compress_summary(nern: Nern, input_path: PathLike, path: PathLike, *, second
     reference = fp32_reference_bytes(nern)
     last = nern.history[-1] if nern.history else {}
     error_keys = ("rmse", "relative_rmse", "normalised_rmse")
-    reconstruction = {key: last[key] for key in ("before", "naive", "gptq") if isinstance(last.get(key), dict)}
+    stages = ("before", "naive", "gptq", "learned")
+    reconstruction = {key: last[key] for key in stages if isinstance(last.get(key), dict)}
     reconstruction["after"] = {key: last[key] for key in error_keys if key in last}
     summary = {
         "path": str(path),

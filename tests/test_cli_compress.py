@@ -83,6 +83,12 @@ def test_quantize_default_output_and_table(ws, tmp_path, monkeypatch):
     assert (tmp_path / "tiny.int4.nern").is_file()
     for label in ("4 bits", "size", "predictor bytes", "file ratio", "conv ratio", "RMSE after"):
         assert label in result.stdout
+    learned = invoke(
+        "quantize", ws["nern"], "--rounding", "learned", "--rounding-iters", "20", "--qat-iters", "0", *CPU,
+        "-o", tmp_path / "learned.nern",
+    )  # fmt: skip
+    assert learned.exit_code == 0, learned.stderr
+    assert "RMSE after learned rounding" in learned.stdout
     fp16 = invoke("quantize", ws["nern"], "--bits", "fp16", "--qat-iters", "0", "--original", ws["checkpoint"], *CPU)
     assert fp16.exit_code == 0, fp16.stderr
     report = json.loads(invoke("inspect", tmp_path / "tiny.fp16.nern", "--json").stdout)
@@ -141,6 +147,8 @@ def test_compress_usage_errors(ws, tmp_path):
     assert_one_line_error(invoke("prune", ws["nern"], "-o", tmp_path), 2)
     assert_one_line_error(invoke("quantize", ws["nern"], "--bits", "9", "-o", tmp_path / "x.nern"), 2)
     assert_one_line_error(invoke("prune", ws["nern"], "--sparsity", "1.5", "-o", tmp_path / "x.nern"), 2)
+    assert_one_line_error(invoke("quantize", ws["nern"], "--rounding", "up", "-o", tmp_path / "x.nern"), 2)
+    assert_one_line_error(invoke("quantize", ws["nern"], "--rounding-iters", "0", "-o", tmp_path / "x.nern"), 2)
     result = invoke("quantize", ws["nern"], "--data", "noise", "-o", tmp_path / "x.nern")
     assert_one_line_error(result, 2)
     assert "--kd-iters" in result.stderr

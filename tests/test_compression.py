@@ -18,7 +18,10 @@ from nerncompress.errors import ArtifactError, UsageError
 from nerncompress.expand import expand_state_dict, export
 from nerncompress.models import cifar_resnet
 from nerncompress.predictor import PredictorConfig, build_predictor
-from nerncompress.quantization import dequantize_weight, num_groups, pack_ints, quantize_weight, unpack_ints
+from nerncompress.learned_rounding import SoftRounding
+from nerncompress.quantization import (
+    dequantize_weight, num_groups, pack_ints, quantize_weight, round_weight, unpack_ints,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +105,46 @@ def test_qat_lowers_reconstruction_error_against_naive_rounding(fitted):
 def test_gptq_rounding_beats_nearest_rounding(fitted):
     record = compress(fitted, QuantizeConfig(bits=4, qat_iters=0), device="cpu").history[-1]
     assert record["relative_rmse"] == record["gptq"]["relative_rmse"] < 0.8 * record["naive"]["relative_rmse"]
+
+
+def test_soft_rounding_starts_at_the_float_weight_and_its_hard_choice_is_nearest():
+    weight = torch.randn(12, 40, generator=torch.Generator().manual_seed(0)) * 0.1
+    mask = torch.rand(12, 40, generator=torch.Generator().manual_seed(1)) > 0.3
+    for bits, group_size in [(8, 32), (4, None)]:
+        rounding = SoftRounding(weight, bits, group_size, mask)
+        nearest = round_weight(weight * mask, bits, group_size)
+        scales = quantize_weight(weight * mask, bits, group_size)[1]
+        step = dequantize_weight(torch.ones_like(weight), scales, group_size)
+        relaxed = rounding(weight)
+        free = rounding.free
+        assert torch.allclose(relaxed[free], (weight * mask)[free], atol=1e-3 * float(step.max()))
+        rounding.hard = True
+        assert torch.equal(rounding(weight), nearest)  # v >= 0 exactly where the fraction is >= 1/2
+        assert not bool(rounding(weight)[~mask].any())
+
+
+def test_learned_rounding_beats_nearest_and_stores_what_it_learned(tmp_path, fitted):
+    config = QuantizeConfig(bits=4, rounding="learned", rounding_iters=300, qat_iters=0, batch_size=1024)
+    learned = compress(fitted, config, device="cpu")
+    record = learned.history[-1]
+    assert record["relative_rmse"] == record["learned"]["relative_rmse"] < 0.8 * record["naive"]["relative_rmse"]
+    assert record["rounding_final_loss"] >= 0 and record["config"]["rounding_iters"] == 300
+    for module in _linears(learned.predictor).values():  # on the grid: re-quantizing changes nothing
+        assert torch.equal(round_weight(module.weight.detach(), 4), module.weight.detach())
+    save_artifact(learned, tmp_path / "learned.nern")
+    assert _same_predictor(learned.predictor, load_artifact(tmp_path / "learned.nern").predictor)
+    assert list(learned.predictor.state_dict()) == list(fitted.predictor.state_dict())
+    again = compress(fitted, config, device="cpu")
+    assert _same_predictor(learned.predictor, again.predictor)  # same seed, same bytes
+
+
+def test_learned_rounding_keeps_pruned_weights_at_zero(fitted):
+    pruned = compress(fitted, PruneConfig(sparsity=0.5, finetune_iters=0), device="cpu")
+    config = QuantizeConfig(bits=6, group_size=8, rounding="learned", rounding_iters=40, qat_iters=0)
+    both = compress(pruned, config, device="cpu")
+    for name, module in _linears(pruned.predictor).items():
+        zeros = module.weight == 0
+        assert not bool(dict(_linears(both.predictor))[name].weight[zeros].any())
 
 
 def test_default_learning_rates_follow_the_quantization_step():

@@ -106,6 +106,7 @@ from .options import (
     RequiredOutputOpt,
     ResumeOpt,
     Rounding,
+    RoundingItersOpt,
     RoundingOpt,
     RoundsOpt,
     RunDeviceOpt,
@@ -496,6 +497,8 @@ def _compress_command(
         dataset = _load_datasets(data, split) if data else None
         _check_images(teacher_model, dataset, nern.arch.preset)
     phases = f"{config.qat_iters if isinstance(config, QuantizeConfig) else config.finetune_iters} recon steps"
+    if isinstance(config, QuantizeConfig) and config.rounding == "learned" and config.bits != "fp16":
+        phases = f"{config.rounding_iters} learned-rounding steps + {phases}"
     if config.kd_iters:
         images = "noise" if dataset is None else f"{dataset.source} ({len(dataset)} images)"
         phases += f" + {config.kd_iters} KD steps on {images}"
@@ -526,6 +529,7 @@ def quantize_command(
     group_size: GroupSizeOpt = None,
     raw_fp16: RawFp16Opt = False,
     rounding: RoundingOpt = Rounding(QUANTIZE_DEFAULTS.rounding),
+    rounding_iters: RoundingItersOpt = QUANTIZE_DEFAULTS.rounding_iters,
     qat_iters: QatItersOpt = QUANTIZE_DEFAULTS.qat_iters,
     lr: FinetuneLrOpt = None,
     original: OriginalOpt = None,
@@ -557,8 +561,8 @@ def quantize_command(
         output_path or Path(f"{nern_path.stem}.{suffix}.nern"), nern_path, original, teacher, *(data or [])
     )
     config = QuantizeConfig(
-        bits=bits.value, group_size=group_size, raw_fp16=raw_fp16, rounding=rounding.value, qat_iters=qat_iters,
-        lr=lr, kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
+        bits=bits.value, group_size=group_size, raw_fp16=raw_fp16, rounding=rounding.value,
+        rounding_iters=rounding_iters, qat_iters=qat_iters, lr=lr, kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
     )  # fmt: skip
     _compress_command(
         out, nern_path, config, target=target, original=original, data=data, split=split, teacher=teacher,

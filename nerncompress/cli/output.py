@@ -352,7 +352,7 @@ def render_compress(console: Console, data: Mapping[str, Any]) -> None:
         rows.append(("hidden widths", f"{data.get('widths_before')} -> {data['widths_after']}"))
     rows.append(("RMSE measured against", targets))
     labels = (("before", "RMSE before"), ("naive", "RMSE compressed, no fine-tuning"), ("gptq", "RMSE after GPTQ "
-              "rounding"), ("after", "RMSE after"))  # fmt: skip
+              "rounding"), ("learned", "RMSE after learned rounding"), ("after", "RMSE after"))  # fmt: skip
     rows += [(label, _errors(errors[key])) for key, label in labels if key in errors]
     rows.append(("time", f"{data['seconds']:.1f} s ({data.get('steps')} fine-tuning steps on {data.get('device')})"))
     console.print(key_value_table(str(data.get("stage") or "compress"), rows))

@@ -321,12 +321,14 @@ def compress(
         _round_gptq_(result, masks, seed=config.seed)
         errors["gptq"] = _rounded(reconstruction_error(result, targets))
     elif isinstance(config, QuantizeConfig) and config.rounding == "learned" and config.bits != "fp16":
-        metrics.update(_round_learned_(result, config, masks, targets, torch_device, on_step))
+        total = config.rounding_iters + iters + config.kd_iters  # one progress count over all phases
+        metrics.update(_round_learned_(result, config, masks, targets, torch_device, _offset(on_step, 0, total)))
         errors["learned"] = _rounded(reconstruction_error(result, targets))
+        on_step = _shifted(on_step, config.rounding_iters)
     elif not finetune:
         result.predictor = rounded
     if finetune:
-        # Fine-tuning starts from the float (or GPTQ-rounded) weights; parametrizations round them in every pass.
+        # Fine-tuning starts from the float (or rounded) weights; parametrizations round them in every pass.
         metrics.update(
             _finetune(result, config, iters, masks, targets, data, teacher, torch_device, on_step, before_step)
         )
@@ -658,3 +660,10 @@ def _offset(on_step: StepCallback | None, start: int, total: int) -> StepCallbac
     if on_step is None:
         return None
     return lambda step, _, metrics: on_step(start + step, total, metrics)
+
+
+def _shifted(on_step: StepCallback | None, done: int) -> StepCallback | None:
+    """Report a later phase's steps after ``done`` steps of an earlier one."""
+    if on_step is None:
+        return None
+    return lambda step, total, metrics: on_step(done + step, done + total, metrics)

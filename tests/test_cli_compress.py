@@ -84,11 +84,13 @@ def test_quantize_default_output_and_table(ws, tmp_path, monkeypatch):
     for label in ("4 bits", "size", "predictor bytes", "file ratio", "conv ratio", "RMSE after"):
         assert label in result.stdout
     learned = invoke(
-        "quantize", ws["nern"], "--rounding", "learned", "--rounding-iters", "20", "--qat-iters", "0", *CPU,
+        "quantize", ws["nern"], "--rounding", "learned", "--rounding-iters", "20", "--qat-iters", "10", *CPU,
         "-o", tmp_path / "learned.nern",
     )  # fmt: skip
     assert learned.exit_code == 0, learned.stderr
     assert "RMSE after learned rounding" in learned.stdout
+    log = " ".join(learned.stderr.split())  # the log wraps long lines
+    assert "20 learned-rounding steps + 10 recon steps" in log and "step 30/30" in log  # one count, both phases
     fp16 = invoke("quantize", ws["nern"], "--bits", "fp16", "--qat-iters", "0", "--original", ws["checkpoint"], *CPU)
     assert fp16.exit_code == 0, fp16.stderr
     report = json.loads(invoke("inspect", tmp_path / "tiny.fp16.nern", "--json").stdout)

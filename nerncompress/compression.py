@@ -419,9 +419,7 @@ def _round_gptq_(nern: Nern, masks: dict[str, Tensor] | None, *, seed: int) -> N
     already rounded layers produce from a sample of the represented kernels' embeddings."""
     spec = nern.compression["quantize"]
     predictor = nern.predictor
-    if spec["bias_dtype"] == "float16":  # the next layer's inputs see the stored biases
-        for module in _linears(predictor).values():
-            module.bias.copy_(round_fp16(module.bias))
+    _round_biases_(nern)  # the next layer's inputs see the stored biases
     generator = torch.Generator().manual_seed(seed)
     share = min(1.0, GPTQ_SAMPLES / sum(entry.num_kernels for entry in nern.layers))
     inputs, sizes = [], []
@@ -460,10 +458,7 @@ def _round_learned_(
 ) -> dict[str, float]:
     """Learned rounding (``learned_rounding.py``) of every Linear weight, after rounding the biases as stored."""
     spec = nern.compression["quantize"]
-    if spec["bias_dtype"] == "float16":
-        with torch.no_grad():
-            for module in _linears(nern.predictor).values():
-                module.bias.copy_(round_fp16(module.bias))
+    _round_biases_(nern)
     groups = kernel_groups(nern, targets, device, config.importance)
     metrics = learned_round_(
         nern, groups, bits=int(spec["bits"]), group_size=spec["group_size"], masks=masks, iters=config.rounding_iters,
@@ -471,6 +466,14 @@ def _round_learned_(
     )  # fmt: skip
     _project_(nern.predictor, nern.compression, masks)  # already on the grid: this only pins the stored values
     return metrics
+
+
+@torch.no_grad()
+def _round_biases_(nern: Nern) -> None:
+    """Biases stored as float16 take their stored values before the weights are rounded around them."""
+    if nern.compression["quantize"]["bias_dtype"] == "float16":
+        for module in _linears(nern.predictor).values():
+            module.bias.copy_(round_fp16(module.bias))
 
 
 def _apply_quantization(nern: Nern, config: QuantizeConfig) -> dict[str, Any]:

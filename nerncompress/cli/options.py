@@ -332,7 +332,7 @@ RoundingOpt = Annotated[
     typer.Option(
         "--rounding", help="gptq: round each layer with error compensation before fine-tuning; learned: choose "
         "up or down for every weight, all layers optimised together (--rounding-iters steps; lowest error at "
-        "5-8 bits, minutes on a CPU); nearest: round every weight to its nearest level.", rich_help_panel=COMPRESSION,
+        "6-8 bits, minutes on a CPU); nearest: round every weight to its nearest level.", rich_help_panel=COMPRESSION,
     ),
 ]  # fmt: skip
 RoundingItersOpt = Annotated[

@@ -136,7 +136,7 @@ class QuantizeConfig(_FinetuneConfig):
         rounding: "gptq" (default) rounds each layer with error compensation (``gptq_weight``) on the kernels'
             own embeddings, before fine-tuning; "learned" chooses up or down for every weight by optimising all
             layers together for the regenerated kernels (``learned_rounding``, ``rounding_iters`` steps; lower
-            error than GPTQ at 6 and 8 bits, higher at 4);
+            error than GPTQ at 6 and 8 bits, higher at 4; follow it with KD);
             "nearest" rounds every weight to its nearest level.
         rounding_iters: steps of learned rounding (``--rounding-iters``).
         qat_iters: reconstruction steps with fake-quantized weights before the final rounding (``--qat-iters``;

@@ -10,7 +10,9 @@ regulariser 1 - |2h - 1|^beta, its beta annealed from 20 to 2, pushes every h to
 rounds up where h >= 0.5. Optimising all layers jointly matters here: the predictor amplifies small weight errors
 (int8 rounding of one layer, ~1% relative error, moves ResNet-56's regenerated kernels by 2-3%), so a layer-local
 objective such as GPTQ's misses how the errors of different layers combine (ResNet-56 int8: 3.6% kernel error
-after GPTQ, 2.9% after learned rounding).
+after GPTQ, 2.9% after learned rounding). Lower kernel error is not always lower function error, though: without
+a KD phase afterwards the pruned ResNet-56 predictor in int8 agreed less with its float parent after learned rounding
+than after GPTQ, so ``quantize`` should follow it with ``--kd-iters``.
 
 The scales are the max-abs scales of ``quantize_weight``; weights within half a step of a group's largest level
 keep their nearest rounding, so the group's peak, and with it the scale, survive re-quantization exactly.

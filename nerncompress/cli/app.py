@@ -519,7 +519,7 @@ def _compress_command(
     epilog=_examples(
         "nerncompress quantize resnet20.nern    # int8, GPTQ rounding + 1000 QAT steps -> resnet20.int8.nern",
         "nerncompress quantize resnet20.nern --bits 4 --group-size 32 --qat-iters 2000 --raw-fp16",
-        "nerncompress quantize resnet20.nern --bits 6 --group-size 32 --rounding learned --qat-iters 0",
+        "nerncompress quantize resnet20.nern --bits 6 --rounding learned --qat-iters 0 --kd-iters 300 --data train.npz",
         "nerncompress quantize resnet20.nern --original resnet20.th --kd-iters 300 --data cifar-10-batches-py",
         "nerncompress quantize resnet20.pruned.nern --bits fp16 --qat-iters 0 --json",
     ),

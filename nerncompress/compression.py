@@ -31,6 +31,7 @@ from .expand import expand_model, expand_state_dict
 from .models.registry import check_arch
 from .nern import Nern
 from .predictor import Predictor, head_name
+from .predictor import linear_layers as _linears
 from .quantization import (  # noqa: F401  (encode/decode/predictor_bytes: re-exported for artifact.py)
     BITS, FLOAT_DTYPES, STATE_VERSION, FakeFP16, FakeQuantize, FixedMask, decode_predictor, encode_predictor,
     gptq_weight, predictor_bytes, round_fp16, round_weight,
@@ -174,6 +175,10 @@ class QuantizeConfig(_FinetuneConfig):
 
     def _default_lr(self) -> float:
         return 1e-6 if self.bits == "fp16" else 3e-6 * 2.0 ** (8 - int(self.bits))
+
+    def learned_rounding_steps(self) -> int:
+        """Steps of learned rounding this config runs: ``rounding_iters``, or 0 (other rounding, or fp16)."""
+        return self.rounding_iters if self.rounding == "learned" and self.bits != "fp16" else 0
 
     def state(self) -> dict[str, Any]:
         """The ``quantize`` entry of the compression state."""
@@ -321,7 +326,7 @@ def compress(
     if isinstance(config, QuantizeConfig) and config.rounding == "gptq" and config.bits != "fp16":
         _round_gptq_(result, masks, seed=config.seed)
         errors["gptq"] = _rounded(reconstruction_error(result, targets))
-    elif isinstance(config, QuantizeConfig) and config.rounding == "learned" and config.bits != "fp16":
+    elif isinstance(config, QuantizeConfig) and config.learned_rounding_steps():
         total = config.rounding_iters + iters + config.kd_iters  # one progress count over all phases
         metrics.update(_round_learned_(result, config, masks, targets, torch_device, _offset(on_step, 0, total)))
         errors["learned"] = _rounded(reconstruction_error(result, targets))
@@ -384,11 +389,6 @@ def _check_targets(nern: Nern, weights: dict[str, Tensor]) -> dict[str, Tensor]:
                 f"target weight {entry.name!r} has shape {tuple(weights[entry.name].shape)}, expected {entry.shape}"
             )
     return weights
-
-
-def _linears(predictor: nn.Module) -> dict[str, nn.Linear]:
-    """Every Linear of the predictor by module name (its weight is ``<name>.weight``), body first."""
-    return {name: module for name, module in predictor.named_modules() if isinstance(module, nn.Linear)}
 
 
 def _zero_masks(predictor: nn.Module) -> dict[str, Tensor]:

@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from .nern import Nern
 from .optim import StepCallback
-from .predictor import Predictor
+from .predictor import Predictor, linear_layers
 from .quantization import qmax_for, quantize_weight
 from .reconstruction import KernelGroup, sampled_recon_loss
 
@@ -96,7 +96,7 @@ def learned_round_(
     """
     device = groups[0].targets.device
     predictor = nern.predictor.to(device)
-    linears = {name: module for name, module in predictor.named_modules() if isinstance(module, nn.Linear)}
+    linears = linear_layers(predictor)
     frozen = {parameter: parameter.requires_grad for parameter in predictor.parameters()}
     for parameter in frozen:
         parameter.requires_grad_(False)

@@ -105,6 +105,11 @@ class Predictor(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def linear_layers(predictor: nn.Module) -> dict[str, nn.Linear]:
+    """Every Linear of the predictor by module name (its weight is ``<name>.weight``), body first."""
+    return {name: module for name, module in predictor.named_modules() if isinstance(module, nn.Linear)}
+
+
 def build_predictor(config: PredictorConfig, *, seed: int | None = None) -> Predictor:
     """Build a predictor, with a reproducible initialisation when ``seed`` is given."""
     if seed is None:

@@ -497,8 +497,8 @@ def _compress_command(
         dataset = _load_datasets(data, split) if data else None
         _check_images(teacher_model, dataset, nern.arch.preset)
     phases = f"{config.qat_iters if isinstance(config, QuantizeConfig) else config.finetune_iters} recon steps"
-    if isinstance(config, QuantizeConfig) and config.rounding == "learned" and config.bits != "fp16":
-        phases = f"{config.rounding_iters} learned-rounding steps + {phases}"
+    if isinstance(config, QuantizeConfig) and config.learned_rounding_steps():
+        phases = f"{config.learned_rounding_steps()} learned-rounding steps + {phases}"
     if config.kd_iters:
         images = "noise" if dataset is None else f"{dataset.source} ({len(dataset)} images)"
         phases += f" + {config.kd_iters} KD steps on {images}"

@@ -331,8 +331,9 @@ RoundingOpt = Annotated[
     Rounding,
     typer.Option(
         "--rounding", help="gptq: round each layer with error compensation before fine-tuning; learned: choose "
-        "up or down for every weight, all layers optimised together (--rounding-iters steps; lowest kernel error at "
-        "6-8 bits, minutes on a CPU; follow it with --kd-iters); nearest: round every weight to its nearest level.", rich_help_panel=COMPRESSION,
+        "up or down for every weight, all layers optimised together (--rounding-iters steps; lowest kernel error "
+        "at 6-8 bits, minutes on a CPU; follow it with --kd-iters); nearest: round every weight to its nearest "
+        "level.", rich_help_panel=COMPRESSION,
     ),
 ]  # fmt: skip
 RoundingItersOpt = Annotated[

@@ -3,7 +3,8 @@
 # distillation reaches. Usage: benchmarks/cuda_check.sh DATA_DIR OUT_DIR [DEVICE]
 # DATA_DIR holds resnet20-12fca82f.th, resnet56-4bfd9763.th and the CIFAR-10 .npz files of ../shared/data.
 # FIT_ITERS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND (1/0) and NC (the command) may be overridden from the
-# environment, e.g. for a CPU smoke test. COMPRESS=1 adds the meta-compression of the distilled predictor: learned
+# environment, e.g. for a CPU smoke test. A MODELS entry may name the predictor width: "resnet56:400" (default h:
+# 280 for resnet56, 180 for resnet20); each entry's files and log steps are tagged with it, e.g. resnet56_h400. COMPRESS=1 adds the meta-compression of the distilled predictor: learned
 # int8 (Q_KD_ITERS KD steps, the float predictor teaching), 50% pruning (P_FT_ITERS refit + P_KD_ITERS KD steps)
 # and int8 on top of it, each evaluated against the original and against the float predictor.
 set -uo pipefail
@@ -33,8 +34,10 @@ PY
 }
 step env 60 $NC env --json; cat "$W/env.json"
 TRAIN="--data $D/train2000_lossless.npz --data $D/train5000_jpeg.npz"
-for short in $MODELS; do
-  m=${CHECKPOINT[$short]}; h=${HIDDEN[$short]}
+for entry in $MODELS; do
+  model=${entry%%:*}; m=${CHECKPOINT[$model]}; h=${HIDDEN[$model]}
+  [ "$entry" = "$model" ] || h=${entry#*:}
+  short=${model}_h$h
   step "${short}_fit" 400 $NC fit "$D/$m.th" --hidden "$h" --iters "$FIT_ITERS" --device "$DEV" -o "$W/$short.nern" --json
   step "${short}_distill" 600 $NC distill "$W/$short.nern" --teacher "$D/$m.th" $TRAIN --iters "$KD_ITERS" \
     --eval-every 250 $KD_FLAGS --device "$DEV" -o "$W/${short}d.nern" --json

@@ -1,7 +1,7 @@
 """The ``.nern`` file: one safetensors container, never pickle. Only this module knows its layout.
 
 Tensors:
-    predictor/<param>     the predictor's parameters (float32, or as ``compression.py`` encodes them)
+    predictor/<param>     the predictor's parameters (float32, or as ``quantization.py`` encodes them)
     positions/<layer>     crossfilter: chain positions of the layer's N kernels, packed at ceil(log2 N) bits each
     positions/<layer>/filters, positions/<layer>/channels
                           infilter: rank of each filter (ceil(log2 C_out) bits) and of each channel inside its
@@ -27,13 +27,13 @@ from torch import Tensor
 
 from . import __version__
 from .bitpack import bits_for, pack_uints, unpack_uints
-from .compression import decode_predictor, encode_predictor
 from .embeddings import EmbeddingConfig
 from .errors import ArtifactError
 from .layers import LayerEntry
 from .models.registry import ArchSpec
 from .nern import Nern
 from .predictor import PredictorConfig
+from .quantization import decode_predictor, encode_predictor
 from .safetensors_io import read_safetensors_header, save_safetensors
 
 FORMAT = "nern"

@@ -6,8 +6,9 @@ pass (masks for pruned weights; fake quantization with a straight-through estima
 returns a new Nern whose predictor holds exactly the values its artifact stores, so evaluating it in memory and
 after ``save_artifact``/``load_artifact`` gives the same numbers.
 
-How those values are stored (``encode_predictor`` / ``decode_predictor``, called by ``artifact.py``) and the
-number formats themselves live in ``quantization.py``.
+Which weights survive pruning is ``pruning.py``'s; which grid point each quantized weight takes (GPTQ or learned
+rounding) is ``rounding.py``'s; how the values are stored (``encode_predictor`` / ``decode_predictor``, called by
+``artifact.py``) and the number formats themselves live in ``quantization.py``.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ from .errors import UsageError
 from .expand import expand_model, expand_state_dict
 from .models.registry import check_arch
 from .nern import Nern
-from .predictor import Predictor, head_name
+from .predictor import Predictor
 from .predictor import linear_layers as _linears
-from .quantization import (  # noqa: F401  (encode/decode/predictor_bytes: re-exported for artifact.py)
-    BITS, FLOAT_DTYPES, STATE_VERSION, FakeFP16, FakeQuantize, FixedMask, decode_predictor, encode_predictor,
-    gptq_weight, predictor_bytes, round_fp16, round_weight,
+from .pruning import achieved_sparsity, gradual_masks, magnitude_masks, remove_hidden_units, zero_masks
+from .quantization import (
+    BITS, FLOAT_DTYPES, STATE_VERSION, FakeFP16, FakeQuantize, FixedMask, encode_predictor, predictor_bytes,
+    round_fp16, round_weight,
 )  # fmt: skip
 from .distillation import DistillConfig, train_with_teacher
-from .learned_rounding import learned_round_
+from .rounding import gptq_round_, learned_round_, round_biases_
 from .optim import PRECISIONS, StepCallback
 from .reconstruction import IMPORTANCE, kernel_groups, reconstruction_error
 from .training import FitConfig, train_reconstruction
@@ -50,7 +52,6 @@ SCHEDULES = ("oneshot", "gradual")
 GRADUAL_UPDATES = 20  # mask updates over the ramp of a gradual schedule
 PRUNE_LR = 1e-2  # a 50%-pruned predictor needs a refit at fit's rate: 1e-3 left ResNet-20 at 15.6% after 2,000 steps
 KD_LR = 1e-5  # distill's measured ceiling: 2e-4 destroys a fitted predictor
-GPTQ_SAMPLES = 65536  # kernels whose embeddings estimate each layer's input correlations
 
 
 @dataclass(kw_only=True)
@@ -313,18 +314,18 @@ def compress(
         if config.schedule == "gradual":
             dense = copy.deepcopy(result.predictor)
         stage, iters, details = "prune", config.finetune_iters, _apply_pruning(result, config)
-    masks = _zero_masks(result.predictor) if "prune" in result.compression else None
+    masks = zero_masks(result.predictor) if "prune" in result.compression else None
     rounded = copy.deepcopy(result.predictor)
     _project_(rounded, result.compression, masks)
     errors = {"naive": _rounded(reconstruction_error(dataclasses.replace(result, predictor=rounded), targets))}
     before_step = None
     if dense is not None:
         # "naive" above is the one-shot result; the gradual schedule starts again from the dense weights.
-        result.predictor, before_step = dense, _gradual_masks(dense, config, masks)
+        result.predictor, before_step = dense, gradual_masks(dense, config.sparsity_at, config.scope, masks)
     finetune = bool(iters or config.kd_iters)
     metrics: dict[str, Any] = {}
     if isinstance(config, QuantizeConfig) and config.rounding == "gptq" and config.bits != "fp16":
-        _round_gptq_(result, masks, seed=config.seed)
+        gptq_round_(result, masks, seed=config.seed)
         errors["gptq"] = _rounded(reconstruction_error(result, targets))
     elif isinstance(config, QuantizeConfig) and config.learned_rounding_steps():
         total = config.rounding_iters + iters + config.kd_iters  # one progress count over all phases
@@ -340,7 +341,7 @@ def compress(
         )
         _project_(result.predictor, result.compression, masks)
     if before_step is not None:
-        details["achieved_sparsity"] = _sparsity(masks)
+        details["achieved_sparsity"] = achieved_sparsity(masks)
     result.compression = encode_predictor(result.predictor, result.compression)[1]
     after = reconstruction_error(result, targets)
     result.history.append(
@@ -391,11 +392,6 @@ def _check_targets(nern: Nern, weights: dict[str, Tensor]) -> dict[str, Tensor]:
     return weights
 
 
-def _zero_masks(predictor: nn.Module) -> dict[str, Tensor]:
-    """The kept weights of an already pruned predictor: its non-zero weights."""
-    return {name: module.weight.detach().cpu() != 0 for name, module in _linears(predictor).items()}
-
-
 @torch.no_grad()
 def _project_(predictor: nn.Module, state: dict[str, Any], masks: dict[str, Tensor] | None) -> None:
     """Set the predictor's parameters to the values the state stores: masked, then rounded."""
@@ -414,41 +410,6 @@ def _project_(predictor: nn.Module, state: dict[str, Any], masks: dict[str, Tens
             module.bias.copy_(round_fp16(module.bias))
 
 
-@torch.no_grad()
-def _round_gptq_(nern: Nern, masks: dict[str, Tensor] | None, *, seed: int) -> None:
-    """Round every Linear of the predictor with ``gptq_weight``, first layer first, each on the inputs the
-    already rounded layers produce from a sample of the represented kernels' embeddings."""
-    spec = nern.compression["quantize"]
-    predictor = nern.predictor
-    _round_biases_(nern)  # the next layer's inputs see the stored biases
-    generator = torch.Generator().manual_seed(seed)
-    share = min(1.0, GPTQ_SAMPLES / sum(entry.num_kernels for entry in nern.layers))
-    inputs, sizes = [], []
-    for entry in nern.layers:
-        embeddings = nern.layer_embeddings(entry)
-        if share < 1.0:
-            count = max(1, round(share * entry.num_kernels))
-            embeddings = embeddings[torch.randperm(entry.num_kernels, generator=generator)[:count]]
-        inputs.append(embeddings)
-        sizes.append(torch.full((embeddings.shape[0],), entry.kernel_size))
-    x, kernel_sizes = torch.cat(inputs), torch.cat(sizes)
-
-    def round_linear(name: str, module: nn.Linear, features: Tensor) -> None:
-        mask = None if masks is None else masks[name]
-        weight = module.weight if mask is None else module.weight * mask
-        if features.shape[0]:  # a head without kernels to sample keeps nearest rounding
-            weight = gptq_weight(weight, features.T @ features, spec["bits"], spec["group_size"], mask=mask)
-        module.weight.copy_(round_weight(weight, spec["bits"], spec["group_size"]))
-
-    for name, module in _linears(predictor).items():
-        if name.startswith("body."):
-            round_linear(name, module, x)
-            x = torch.relu(module(x))
-    for size in predictor.config.kernel_sizes:
-        name = f"heads.{head_name(size)}"
-        round_linear(name, predictor.heads[head_name(size)], x[kernel_sizes == size])
-
-
 def _round_learned_(
     nern: Nern,
     config: QuantizeConfig,
@@ -457,9 +418,9 @@ def _round_learned_(
     device: torch.device,
     on_step: StepCallback | None,
 ) -> dict[str, float]:
-    """Learned rounding (``learned_rounding.py``) of every Linear weight, after rounding the biases as stored."""
+    """Learned rounding (``rounding.py``) of every Linear weight, after rounding the biases as stored."""
     spec = nern.compression["quantize"]
-    _round_biases_(nern)
+    round_biases_(nern)
     groups = kernel_groups(nern, targets, device, config.importance)
     metrics = learned_round_(
         nern, groups, bits=int(spec["bits"]), group_size=spec["group_size"], masks=masks, iters=config.rounding_iters,
@@ -467,14 +428,6 @@ def _round_learned_(
     )  # fmt: skip
     _project_(nern.predictor, nern.compression, masks)  # already on the grid: this only pins the stored values
     return metrics
-
-
-@torch.no_grad()
-def _round_biases_(nern: Nern) -> None:
-    """Biases stored as float16 take their stored values before the weights are rounded around them."""
-    if nern.compression["quantize"]["bias_dtype"] == "float16":
-        for module in _linears(nern.predictor).values():
-            module.bias.copy_(round_fp16(module.bias))
 
 
 def _apply_quantization(nern: Nern, config: QuantizeConfig) -> dict[str, Any]:
@@ -496,105 +449,18 @@ def _raw_fp16(key: str, value: Tensor) -> Tensor:
 def _apply_pruning(nern: Nern, config: PruneConfig) -> dict[str, Any]:
     if config.method == "structured":
         widths_before = list(nern.predictor.config.layer_widths)
-        nern.predictor = _remove_hidden_units(nern.predictor, config.sparsity, config.scope)
+        nern.predictor = remove_hidden_units(nern.predictor, config.sparsity, config.scope)
         record = {"sparsity": config.sparsity, "scope": config.scope, "widths_before": widths_before}
         nern.compression = {**nern.compression, "version": STATE_VERSION, "structured": record}
         return {"widths_before": widths_before, "widths_after": list(nern.predictor.config.layer_widths)}
-    masks = _magnitude_masks(nern.predictor, config.sparsity, config.scope)
+    masks = magnitude_masks(nern.predictor, config.sparsity, config.scope)
     with torch.no_grad():
         for name, module in _linears(nern.predictor).items():
             module.weight.mul_(masks[name])
     nern.compression = {
         **nern.compression, "version": STATE_VERSION, "prune": {"sparsity": config.sparsity, "scope": config.scope}
     }
-    return {"achieved_sparsity": _sparsity(masks)}
-
-
-def _sparsity(masks: dict[str, Tensor]) -> float:
-    kept = sum(int(mask.sum()) for mask in masks.values())
-    return round(1.0 - kept / sum(mask.numel() for mask in masks.values()), 6)
-
-
-def _top(scores: Tensor, keep: int) -> Tensor:
-    """Boolean mask of the ``keep`` largest scores (ties broken by position, so the result is reproducible)."""
-    order = torch.argsort(scores, descending=True, stable=True)[:keep]
-    mask = torch.zeros(scores.numel(), dtype=torch.bool)
-    mask[order] = True
-    return mask
-
-
-def _magnitude_masks(predictor: nn.Module, sparsity: float, scope: str) -> dict[str, Tensor]:
-    """Which Linear weights survive magnitude pruning: bool masks shaped like the weights."""
-    weights = {name: module.weight.detach().cpu().abs() for name, module in _linears(predictor).items()}
-    if scope == "layer":
-        return {
-            name: _top(w.reshape(-1), round((1.0 - sparsity) * w.numel())).view_as(w) for name, w in weights.items()
-        }
-    # Global ranking compares each weight with its own layer's RMS: raw magnitudes would empty the output heads,
-    # whose weights are ~5x smaller (they produce kernel values), and leave the predictor unable to recover.
-    flat = torch.cat([(w / w.pow(2).mean().sqrt().clamp_min(1e-12)).reshape(-1) for w in weights.values()])
-    kept = _top(flat, round((1.0 - sparsity) * flat.numel())).split([w.numel() for w in weights.values()])
-    return {name: mask.view_as(w) for (name, w), mask in zip(weights.items(), kept)}
-
-
-def _gradual_masks(predictor: nn.Module, config: PruneConfig, masks: dict[str, Tensor]) -> Callable[[int], None]:
-    """Set ``masks`` (in place) to the first step's sparsity, and return the hook that raises it during
-    reconstruction. Weights pruned at one update stay pruned: they are zero, so they rank last at the next."""
-    linears = _linears(predictor)
-    existing = {name: module.weight.detach().cpu() != 0 for name, module in linears.items()}
-    for name, mask in masks.items():
-        mask.copy_(existing[name])
-    current = -1.0
-
-    def update(step: int) -> None:
-        nonlocal current
-        sparsity = config.sparsity_at(step)
-        if sparsity == current:
-            return
-        current = sparsity
-        for name, mask in _magnitude_masks(predictor, sparsity, config.scope).items():
-            masks[name].copy_(mask & masks[name] & existing[name])
-            module = linears[name]
-            if parametrize.is_parametrized(module, "weight"):  # FixedMask is its first parametrization
-                module.parametrizations.weight[0].mask.copy_(masks[name])
-
-    update(0)
-    return update
-
-
-def _remove_hidden_units(predictor: Predictor, sparsity: float, scope: str) -> Predictor:
-    """A narrower predictor without the hidden units of smallest norm.
-
-    A unit's score is ||incoming weights and bias|| * ||outgoing weights||: ReLU lets a unit move scale between
-    the two, so only their product says how much the unit can contribute.
-    """
-    body = [module for module in predictor.body if isinstance(module, nn.Linear)]
-    heads = list(predictor.heads.values())
-    scores = []
-    with torch.no_grad():
-        for index, layer in enumerate(body):
-            incoming = torch.cat([layer.weight, layer.bias[:, None]], dim=1).norm(dim=1)
-            following = [body[index + 1].weight] if index + 1 < len(body) else [head.weight for head in heads]
-            scores.append(incoming * torch.cat(following).norm(dim=0))
-    if scope == "layer":
-        keep = [_top(s, max(1, round((1.0 - sparsity) * s.numel()))) for s in scores]
-    else:
-        total = sum(s.numel() for s in scores)
-        keep = list(_top(torch.cat(scores), max(1, round((1.0 - sparsity) * total))).split([s.numel() for s in scores]))
-        keep = [k if k.any() else _top(s, 1) for k, s in zip(keep, scores)]  # every layer keeps one unit
-    config = dataclasses.replace(predictor.config, widths=tuple(int(k.sum()) for k in keep))
-    smaller = Predictor(config)
-    new_body = [module for module in smaller.body if isinstance(module, nn.Linear)]
-    with torch.no_grad():
-        previous = torch.ones(config.input_dim, dtype=torch.bool)
-        for old, new, rows in zip(body, new_body, keep):
-            new.weight.copy_(old.weight[rows][:, previous])
-            new.bias.copy_(old.bias[rows])
-            previous = rows
-        for name, head in smaller.heads.items():
-            head.weight.copy_(predictor.heads[name].weight[:, previous])
-            head.bias.copy_(predictor.heads[name].bias)
-    return smaller.train(predictor.training)
+    return {"achieved_sparsity": achieved_sparsity(masks)}
 
 
 def _finetune(

@@ -5,7 +5,7 @@ size, Linear(h -> k*k). With one 3x3 head and depth 3 that is NeRN's predictor: 
 parameters. A separate head per kernel size (rather than cropping 3x3 out of a larger output) keeps a 1x1
 kernel from paying for eight outputs it never uses.
 
-Structured pruning (``compression.py``) narrows each hidden layer by its own amount: ``widths`` then gives the
+Structured pruning (``pruning.py``) narrows each hidden layer by its own amount: ``widths`` then gives the
 output width of each body layer, and ``hidden`` keeps the width the predictor was fitted with.
 """
 

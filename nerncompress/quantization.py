@@ -12,7 +12,7 @@ delta-coded indices (gaps between kept positions at a fixed bit width), whicheve
 when that is smaller still.
 
 ``encode_predictor`` / ``decode_predictor`` are the only functions that know how predictor parameters are
-stored; ``artifact.py`` calls them (through ``compression.py``).
+stored; ``artifact.py`` calls them.
 
 Compression state (``Nern.compression``, JSON in the artifact's metadata; ``{}`` = plain float32):
     version      1

@@ -10,17 +10,16 @@ from safetensors.torch import load_file
 
 from helpers import tiny_fit, tiny_resnet_state_dict
 from nerncompress.artifact import load_artifact, save_artifact
-from nerncompress.compression import (
-    PruneConfig, QuantizeConfig, _gradual_masks, _linears, compress, decode_predictor, encode_predictor,
-    predictor_bytes,
-)  # fmt: skip
+from nerncompress.compression import PruneConfig, QuantizeConfig, compress
 from nerncompress.errors import ArtifactError, UsageError
 from nerncompress.expand import expand_state_dict, export
 from nerncompress.models import cifar_resnet
-from nerncompress.predictor import PredictorConfig, build_predictor
-from nerncompress.learned_rounding import SoftRounding
+from nerncompress.predictor import PredictorConfig, build_predictor, linear_layers
+from nerncompress.pruning import gradual_masks, magnitude_masks
+from nerncompress.rounding import SoftRounding
 from nerncompress.quantization import (
-    dequantize_weight, num_groups, pack_ints, quantize_weight, round_weight, unpack_ints,
+    decode_predictor, dequantize_weight, encode_predictor, num_groups, pack_ints, predictor_bytes, quantize_weight,
+    round_weight, unpack_ints,
 )  # fmt: skip
 
 
@@ -129,7 +128,7 @@ def test_learned_rounding_beats_nearest_and_stores_what_it_learned(tmp_path, fit
     record = learned.history[-1]
     assert record["relative_rmse"] == record["learned"]["relative_rmse"] < 0.8 * record["naive"]["relative_rmse"]
     assert record["rounding_final_loss"] >= 0 and record["config"]["rounding_iters"] == 300
-    for module in _linears(learned.predictor).values():  # on the grid: re-quantizing changes nothing
+    for module in linear_layers(learned.predictor).values():  # on the grid: re-quantizing changes nothing
         assert torch.equal(round_weight(module.weight.detach(), 4), module.weight.detach())
     save_artifact(learned, tmp_path / "learned.nern")
     assert _same_predictor(learned.predictor, load_artifact(tmp_path / "learned.nern").predictor)
@@ -142,9 +141,9 @@ def test_learned_rounding_keeps_pruned_weights_at_zero(fitted):
     pruned = compress(fitted, PruneConfig(sparsity=0.5, finetune_iters=0), device="cpu")
     config = QuantizeConfig(bits=6, group_size=8, rounding="learned", rounding_iters=40, qat_iters=0)
     both = compress(pruned, config, device="cpu")
-    for name, module in _linears(pruned.predictor).items():
+    for name, module in linear_layers(pruned.predictor).items():
         zeros = module.weight == 0
-        assert not bool(dict(_linears(both.predictor))[name].weight[zeros].any())
+        assert not bool(dict(linear_layers(both.predictor))[name].weight[zeros].any())
 
 
 def test_default_learning_rates_follow_the_quantization_step():
@@ -204,13 +203,13 @@ def test_gradual_schedule_ramps_cubically_then_holds():
 def test_gradual_masks_only_ever_drop_weights(fitted):
     predictor = copy.deepcopy(fitted.predictor)
     config = PruneConfig(sparsity=0.5, finetune_iters=100, schedule="gradual")
-    masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in _linears(predictor).items()}
-    update = _gradual_masks(predictor, config, masks)
+    masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in linear_layers(predictor).items()}
+    update = gradual_masks(predictor, config.sparsity_at, config.scope, masks)
     previous, total = None, sum(m.numel() for m in masks.values())
     for step in range(100):
         update(step)
         with torch.no_grad():  # stands in for the FixedMask parametrization of a real fine-tuning run
-            for name, module in _linears(predictor).items():
+            for name, module in linear_layers(predictor).items():
                 module.weight.mul_(masks[name])
                 module.weight.add_(0.01 * torch.randn_like(module.weight) * masks[name])
         kept = {name: m.clone() for name, m in masks.items()}
@@ -391,12 +390,10 @@ def test_unknown_state_in_a_file_is_an_artifact_error(tmp_path, fitted):
 
 def test_global_pruning_ranks_weights_against_their_own_layer():
     """A layer of small weights (like the output heads) keeps its share instead of being emptied."""
-    from nerncompress.compression import _magnitude_masks
-
     predictor = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 9))
     with torch.no_grad():
         predictor[1].weight.mul_(0.01)
-    masks = _magnitude_masks(predictor, 0.5, "global")
+    masks = magnitude_masks(predictor, 0.5, "global")
     for name, mask in masks.items():
         assert 0.35 < float(mask.float().mean()) < 0.65, name
     assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * (64 * 64 + 9 * 64))

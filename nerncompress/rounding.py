@@ -1,6 +1,12 @@
-"""Learned rounding of the predictor's weights (AdaRound, Nagel et al., ICML 2020, applied end to end).
+"""Rounding the predictor's float weights to the integer grid ``quantize`` stores: GPTQ layer by layer
+(``gptq_round_``, the default) or learned for all layers at once (``learned_round_``). The grid, the scales and
+the storage are ``quantization.py``'s; this module only chooses, for each weight, which grid point it takes.
 
-Every quantized weight w lies between two grid points, floor(w / s) * s and the one above. Instead of picking the
+GPTQ (Frantar et al., 2023) rounds one input column at a time and spreads each column's error over the columns
+not yet rounded, weighted by the layer's input correlations; here those inputs are what the already rounded layers
+make of a sample of the represented kernels' embeddings.
+
+Learned rounding (AdaRound, Nagel et al., ICML 2020, applied end to end): every quantized weight w lies between two grid points, floor(w / s) * s and the one above. Instead of picking the
 nearest (or GPTQ's layer-by-layer choice), each weight gets a relaxed choice h(v) in [0, 1],
 
     w_soft = s * clamp(floor(w / s) + h(v), -qmax, qmax),    h(v) = clamp(1.2 * sigmoid(v) - 0.1, 0, 1),
@@ -26,12 +32,13 @@ from torch.nn.utils import parametrize
 
 from .nern import Nern
 from .optim import StepCallback
-from .predictor import Predictor, linear_layers
-from .quantization import qmax_for, quantize_weight
+from .predictor import Predictor, head_name, linear_layers
+from .quantization import gptq_weight, qmax_for, quantize_weight, round_fp16, round_weight
 from .reconstruction import KernelGroup, sampled_recon_loss
 
 WARMUP = 0.2  # share of the steps fitted without the regulariser, from the float weights' own fractions
 BETA_START, BETA_END = 20.0, 2.0
+GPTQ_SAMPLES = 65536  # kernels whose embeddings estimate each layer's input correlations
 STRETCH = 0.1  # h(v) = clamp((1 + 2 * STRETCH) * sigmoid(v) - STRETCH, 0, 1): reaches 0 and 1 exactly
 
 
@@ -142,3 +149,46 @@ def learned_round_(
         nern.predictor = Predictor(predictor.config).eval()
         nern.predictor.load_state_dict(trained)
     return {"rounding_final_loss": float(relative_loss.detach())}
+
+
+@torch.no_grad()
+def gptq_round_(nern: Nern, masks: dict[str, Tensor] | None, *, seed: int) -> None:
+    """Round every Linear of the predictor with ``gptq_weight``, first layer first, each on the inputs the
+    already rounded layers produce from a sample of the represented kernels' embeddings."""
+    spec = nern.compression["quantize"]
+    predictor = nern.predictor
+    round_biases_(nern)  # the next layer's inputs see the stored biases
+    generator = torch.Generator().manual_seed(seed)
+    share = min(1.0, GPTQ_SAMPLES / sum(entry.num_kernels for entry in nern.layers))
+    inputs, sizes = [], []
+    for entry in nern.layers:
+        embeddings = nern.layer_embeddings(entry)
+        if share < 1.0:
+            count = max(1, round(share * entry.num_kernels))
+            embeddings = embeddings[torch.randperm(entry.num_kernels, generator=generator)[:count]]
+        inputs.append(embeddings)
+        sizes.append(torch.full((embeddings.shape[0],), entry.kernel_size))
+    x, kernel_sizes = torch.cat(inputs), torch.cat(sizes)
+
+    def round_linear(name: str, module: nn.Linear, features: Tensor) -> None:
+        mask = None if masks is None else masks[name]
+        weight = module.weight if mask is None else module.weight * mask
+        if features.shape[0]:  # a head without kernels to sample keeps nearest rounding
+            weight = gptq_weight(weight, features.T @ features, spec["bits"], spec["group_size"], mask=mask)
+        module.weight.copy_(round_weight(weight, spec["bits"], spec["group_size"]))
+
+    for name, module in linear_layers(predictor).items():
+        if name.startswith("body."):
+            round_linear(name, module, x)
+            x = torch.relu(module(x))
+    for size in predictor.config.kernel_sizes:
+        name = f"heads.{head_name(size)}"
+        round_linear(name, predictor.heads[head_name(size)], x[kernel_sizes == size])
+
+
+@torch.no_grad()
+def round_biases_(nern: Nern) -> None:
+    """Biases stored as float16 take their stored values before the weights are rounded around them."""
+    if nern.compression["quantize"]["bias_dtype"] == "float16":
+        for module in linear_layers(nern.predictor).values():
+            module.bias.copy_(round_fp16(module.bias))

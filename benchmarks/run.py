@@ -74,10 +74,11 @@ class ModelCase:
 BUDGET_SECONDS = {"resnet20": 600, "resnet56": 900}
 FULL_STEPS = {
     "resnet20": {"fit": 8000, "kd": 1200, "kd_strong_teacher": 900, "joint": 900, "progressive": 5400,
-                 "kd_probes": 1200, "kd_fmd": 1000, "kd_batch64": 2500},
+                 "kd_probes": 1200, "kd_fmd": 1000, "kd_batch64": 2500, "fit_wider": 8000, "kd_wider": 1200},
     "resnet56": {"fit": 8000, "kd": 550, "joint": 500, "progressive": 7200, "kd_probes": 440, "kd_fmd": 320,
-                 "kd_batch64": 650},
+                 "kd_batch64": 650, "fit_wider": 6000, "kd_wider": 480},
 }
+WIDER_HIDDEN = {"resnet20": 200, "resnet56": 340}
 KD_RECIPE: dict[str, Any] = {}  # the DistillConfig defaults (mixup on half of each batch, chosen on held-out training images)
 
 
@@ -129,6 +130,9 @@ def recipes_for(mode: str, key: str, only: list[str] | None = None) -> list[Reci
         # ResNet-56, whose step is dominated by regenerating the weights, not by the images).
         small_batches = {**kd, "iters": steps["kd_batch64"], "batch_size": 64}
         rows.append(Recipe("decoupled, batch 64", [short_fit, ("distill", small_batches)]))
+        # The widths that reached 95% JPEG agreement on an H100 (benchmarks/results/CUDA.md), inside this budget.
+        wider = [("fit", {"iters": steps["fit_wider"]}), ("distill", {**kd, "iters": steps["kd_wider"]})]
+        rows.append(Recipe("decoupled, wider", wider, hidden=WIDER_HIDDEN[key]))
     return [r for r in rows if only is None or r.name in only]
 
 

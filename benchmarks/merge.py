@@ -2,6 +2,7 @@
 
     python benchmarks/merge.py /tmp/bench/r20 /tmp/bench/r56 --out benchmarks/results
     python benchmarks/merge.py /tmp/bench/r20 /tmp/bench/r20-prune-rerun --replace --out benchmarks/results
+    python benchmarks/merge.py benchmarks/results /tmp/bench/new-rows --out benchmarks/results   # add rows
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
             elif args.replace and row["kind"] == "ours":  # a re-run row takes the place of the earlier one
                 rows[index[key]] = row
             # else: runs of the same model repeat its baselines: keep the first
-        metas.append(result["meta"])
+        metas.extend(result["meta"].get("runs", [result["meta"]]))  # a merged table brings its own runs
+    order = {model: i for i, model in reversed(list(enumerate(row["model"] for row in rows)))}
+    rows.sort(key=lambda row: order[row["model"]])  # stable: each model's rows together, in their own order
     meta = dict(metas[0])
     meta["runs"] = metas
     meta["threads"] = "/".join(str(m["threads"]) for m in metas)

@@ -75,3 +75,28 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path):
         rows = json.loads((merged / "results.json").read_text())["rows"]
         assert [row["method"] for row in rows] == [row["method"] for row in results["rows"]]
         assert next(row for row in rows if row["method"] == changed["method"])["top1_lossless"] == expected
+
+
+def test_merge_keeps_each_models_rows_together_and_flattens_merged_runs(tmp_path):
+    import merge
+
+    def run_folder(name: str, rows: list[tuple[str, str]]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        meta = {"date": "2026-11-26", "device": "CPU", "threads": 1, "torch": "x", "commit": "0" * 40, "seed": 0,
+                "mode": "full", "command": f"run {name}"}  # fmt: skip
+        table = [{"model": model, "method": method, "kind": "ours", "bytes": 1, "file_ratio": 0.5, "top1_lossless": 90.0,
+                  "delta_jpeg": 0.0, "agreement_jpeg": 95.0} for model, method in rows]  # fmt: skip
+        (folder / "results.json").write_text(json.dumps({"meta": meta, "rows": table}))
+        return folder
+
+    merge.main([str(run_folder("a", [("r20", "x")])), str(run_folder("b", [("r56", "x")])),
+                "--out", str(tmp_path / "table")])  # fmt: skip
+    merge.main([str(tmp_path / "table"), str(run_folder("c", [("r56", "y"), ("r20", "y")])),
+                "--out", str(tmp_path / "table")])  # fmt: skip
+    result = json.loads((tmp_path / "table" / "results.json").read_text())
+    assert [(row["model"], row["method"]) for row in result["rows"]] == [
+        ("r20", "x"), ("r20", "y"), ("r56", "x"), ("r56", "y")
+    ]
+    assert [run["command"] for run in result["meta"]["runs"]] == ["run a", "run b", "run c"]
+    assert result["meta"]["threads"] == "1/1/1"

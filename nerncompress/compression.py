@@ -27,10 +27,12 @@ from torch.nn.utils import parametrize
 from . import __version__
 from .data import ImageData
 from .devices import resolve_device
+from .distillation import DistillConfig, train_with_teacher
 from .errors import UsageError
 from .expand import expand_model, expand_state_dict
 from .models.registry import check_arch
 from .nern import Nern
+from .optim import PRECISIONS, StepCallback
 from .predictor import Predictor
 from .predictor import linear_layers as _linears
 from .pruning import achieved_sparsity, gradual_masks, magnitude_masks, remove_hidden_units, zero_masks
@@ -38,10 +40,8 @@ from .quantization import (
     BITS, FLOAT_DTYPES, STATE_VERSION, FakeFP16, FakeQuantize, FixedMask, encode_predictor, predictor_bytes,
     round_fp16, round_weight,
 )  # fmt: skip
-from .distillation import DistillConfig, train_with_teacher
-from .rounding import gptq_round_, learned_round_, round_biases_
-from .optim import PRECISIONS, StepCallback
 from .reconstruction import IMPORTANCE, kernel_groups, reconstruction_error
+from .rounding import gptq_round_, learned_round_, round_biases_
 from .training import FitConfig, train_reconstruction
 
 CONFIG_VERSION = 1

@@ -6,8 +6,9 @@ GPTQ (Frantar et al., 2023) rounds one input column at a time and spreads each c
 not yet rounded, weighted by the layer's input correlations; here those inputs are what the already rounded layers
 make of a sample of the represented kernels' embeddings.
 
-Learned rounding (AdaRound, Nagel et al., ICML 2020, applied end to end): every quantized weight w lies between two grid points, floor(w / s) * s and the one above. Instead of picking the
-nearest (or GPTQ's layer-by-layer choice), each weight gets a relaxed choice h(v) in [0, 1],
+Learned rounding (AdaRound, Nagel et al., ICML 2020, applied end to end): every quantized weight w lies between
+two grid points, floor(w / s) * s and the one above. Instead of picking the nearest (or GPTQ's layer-by-layer
+choice), each weight gets a relaxed choice h(v) in [0, 1],
 
     w_soft = s * clamp(floor(w / s) + h(v), -qmax, qmax),    h(v) = clamp(1.2 * sigmoid(v) - 0.1, 0, 1),
 
@@ -38,8 +39,8 @@ from .reconstruction import KernelGroup, sampled_recon_loss
 
 WARMUP = 0.2  # share of the steps fitted without the regulariser, from the float weights' own fractions
 BETA_START, BETA_END = 20.0, 2.0
-GPTQ_SAMPLES = 65536  # kernels whose embeddings estimate each layer's input correlations
 STRETCH = 0.1  # h(v) = clamp((1 + 2 * STRETCH) * sigmoid(v) - STRETCH, 0, 1): reaches 0 and 1 exactly
+GPTQ_SAMPLES = 65536  # kernels whose embeddings estimate each layer's input correlations
 
 
 class SoftRounding(nn.Module):

@@ -16,11 +16,11 @@ from nerncompress.expand import expand_state_dict, export
 from nerncompress.models import cifar_resnet
 from nerncompress.predictor import PredictorConfig, build_predictor, linear_layers
 from nerncompress.pruning import gradual_masks, magnitude_masks
-from nerncompress.rounding import SoftRounding
 from nerncompress.quantization import (
     decode_predictor, dequantize_weight, encode_predictor, num_groups, pack_ints, predictor_bytes, quantize_weight,
     round_weight, unpack_ints,
 )  # fmt: skip
+from nerncompress.rounding import SoftRounding
 
 
 @pytest.fixture(scope="module")

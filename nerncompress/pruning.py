@@ -55,7 +55,11 @@ def gradual_masks(
     predictor: nn.Module, sparsity_at: Callable[[int], float], scope: str, masks: dict[str, Tensor]
 ) -> Callable[[int], None]:
     """Set ``masks`` (in place) to the first step's sparsity, and return the hook that raises it during
-    reconstruction. Weights pruned at one update stay pruned: they are zero, so they rank last at the next."""
+    reconstruction. Weights pruned at one update stay pruned: they are zero, so they rank last at the next.
+
+    ``sparsity_at(step)`` is the share to prune at a reconstruction step (``PruneConfig.sparsity_at``); ``scope``
+    ranks weights globally or within each layer, as ``magnitude_masks``.
+    """
     linears = linear_layers(predictor)
     existing = {name: module.weight.detach().cpu() != 0 for name, module in linears.items()}
     for name, mask in masks.items():

@@ -137,8 +137,8 @@ class QuantizeConfig(_FinetuneConfig):
         raw_fp16: also store the raw (non-represented) float32 tensors as float16 (``--raw-fp16``).
         rounding: "gptq" (default) rounds each layer with error compensation (``gptq_weight``) on the kernels'
             own embeddings, before fine-tuning; "learned" chooses up or down for every weight by optimising all
-            layers together for the regenerated kernels (``learned_rounding``, ``rounding_iters`` steps; lower
-            error than GPTQ at 6 and 8 bits, higher at 4; follow it with KD);
+            layers together for the regenerated kernels (``rounding.learned_round_``, ``rounding_iters`` steps;
+            lower error than GPTQ at 6 and 8 bits, higher at 4; follow it with KD);
             "nearest" rounds every weight to its nearest level.
         rounding_iters: steps of learned rounding (``--rounding-iters``).
         qat_iters: reconstruction steps with fake-quantized weights before the final rounding (``--qat-iters``;
@@ -331,7 +331,7 @@ def compress(
         total = config.rounding_iters + iters + config.kd_iters  # one progress count over all phases
         metrics.update(_round_learned_(result, config, masks, targets, torch_device, _offset(on_step, 0, total)))
         errors["learned"] = _rounded(reconstruction_error(result, targets))
-        on_step = _shifted(on_step, config.rounding_iters)
+        on_step = _offset(on_step, config.rounding_iters)
     elif not finetune:
         result.predictor = rounded
     if finetune:
@@ -526,14 +526,11 @@ def _parametrize_(predictor: nn.Module, state: dict[str, Any], masks: dict[str, 
                 parametrize.register_parametrization(module, "bias", FakeFP16())
 
 
-def _offset(on_step: StepCallback | None, start: int, total: int) -> StepCallback | None:
+def _offset(on_step: StepCallback | None, start: int, total: int | None = None) -> StepCallback | None:
+    """Report a phase's steps after ``start`` steps of earlier ones, out of ``total`` (None: ``start`` + the
+    phase's own total, for a callback that later phases shift again)."""
     if on_step is None:
         return None
-    return lambda step, _, metrics: on_step(start + step, total, metrics)
-
-
-def _shifted(on_step: StepCallback | None, done: int) -> StepCallback | None:
-    """Report a later phase's steps after ``done`` steps of an earlier one."""
-    if on_step is None:
-        return None
-    return lambda step, total, metrics: on_step(done + step, done + total, metrics)
+    return lambda step, phase_total, metrics: on_step(
+        start + step, start + phase_total if total is None else total, metrics
+    )

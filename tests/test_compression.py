@@ -141,9 +141,10 @@ def test_learned_rounding_keeps_pruned_weights_at_zero(fitted):
     pruned = compress(fitted, PruneConfig(sparsity=0.5, finetune_iters=0), device="cpu")
     config = QuantizeConfig(bits=6, group_size=8, rounding="learned", rounding_iters=40, qat_iters=0)
     both = compress(pruned, config, device="cpu")
+    rounded = linear_layers(both.predictor)
     for name, module in linear_layers(pruned.predictor).items():
         zeros = module.weight == 0
-        assert not bool(dict(linear_layers(both.predictor))[name].weight[zeros].any())
+        assert not bool(rounded[name].weight[zeros].any())
 
 
 def test_default_learning_rates_follow_the_quantization_step():

@@ -482,9 +482,10 @@ def _finetune(
     _parametrize_(nern.predictor, nern.compression, masks)
     try:
         if recon_iters:
+            # A compressed predictor keeps the positions it was fitted with: re-assignment was measured for fit only.
             fit_config = FitConfig(
                 iters=recon_iters, lr=config.recon_lr(), final_lr_ratio=0.01, batch_size=config.batch_size,
-                importance=config.importance, precision=config.precision, seed=config.seed,
+                importance=config.importance, precision=config.precision, seed=config.seed, reassign_every=0,
             )  # fmt: skip
             nern.predictor.to(device)
             result = train_reconstruction(

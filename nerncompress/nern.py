@@ -76,6 +76,12 @@ class Nern:
         )
         return positional_embedding(coords, self.embedding)
 
+    def position_embeddings(self, entry: LayerEntry) -> Tensor:
+        """Embeddings of every position 0..N-1 of one layer (kernel i is at ``positions[i]``): float32 (N, dim)."""
+        positions = torch.arange(entry.num_kernels, dtype=torch.int64)
+        coords = kernel_coordinates(entry.layer_index, self.num_layers, positions, c_out=entry.c_out, c_in=entry.c_in)
+        return positional_embedding(coords, self.embedding)
+
     def regenerate_layer(self, entry: LayerEntry, embeddings: Tensor | None = None) -> Tensor:
         """Weight of one represented layer, shape ``entry.shape`` (differentiable when grad is enabled)."""
         if embeddings is None:

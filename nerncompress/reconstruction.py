@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .layers import following_batchnorms
+from .layers import LayerEntry, following_batchnorms
 from .models.registry import get_arch
 from .nern import Nern, normalised_kernels
+from .permutations import assign_positions
 
 IMPORTANCE = ("bn", "uniform")
 
@@ -24,6 +25,7 @@ class KernelGroup:
     targets: Tensor  # float32 (N, k*k), per-filter normalised
     sampling_weights: Tensor  # float32 (N,), kernel L2 norms
     importance: Tensor  # float32 (N,), weight of each kernel's squared error
+    layers: list[LayerEntry]  # the layers whose kernels these are, in order
 
 
 def filter_importance(nern: Nern, method: str = "bn") -> dict[str, Tensor]:
@@ -75,6 +77,7 @@ def kernel_groups(
                 targets.to(device),
                 targets.norm(dim=1).to(device) + 1e-12,
                 kernel_weights.to(device),
+                entries,
             )
         )
     return groups
@@ -105,6 +108,31 @@ def reconstruction_error(nern: Nern, weights: dict[str, Tensor]) -> dict[str, fl
     std = float(torch.cat(originals).std())
     return {"rmse": rmse, "relative_rmse": rmse / std, "normalised_rmse": math.sqrt(squared_normalised / total)}
 
+
+
+@torch.no_grad()
+def reassign_positions(nern: Nern, groups: list[KernelGroup]) -> int:
+    """Move every layer's kernels to the positions whose predicted kernels fit them best, in ``nern.positions``
+    and in the groups' embeddings (see ``permutations.assign_positions``). Returns how many kernels moved."""
+    device = next(nern.predictor.parameters()).device
+    was_training = nern.predictor.training
+    nern.predictor.eval()
+    moved = 0
+    for group in groups:
+        start = 0
+        for entry in group.layers:
+            end = start + entry.num_kernels
+            predicted = nern.predictor(nern.position_embeddings(entry).to(device), entry.kernel_size)
+            old = nern.positions[entry.name]
+            new = assign_positions(
+                group.targets[start:end], predicted, old, weights=group.importance[start:end]
+            )  # fmt: skip
+            moved += int((new != old).sum())
+            nern.positions[entry.name] = new
+            group.embeddings[start:end] = nern.layer_embeddings(entry).to(device)
+            start = end
+    nern.predictor.train(was_training)
+    return moved
 
 
 def sampled_recon_loss(nern: Nern, groups: list[KernelGroup], sample: int, generator: torch.Generator) -> Tensor:

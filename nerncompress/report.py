@@ -45,7 +45,7 @@ __all__ = [
 # Tensor key prefix -> byte group of the breakdown (see artifact.py for the layout).
 BYTE_GROUPS = {"predictor/": "predictor", "positions/": "positions", "scales/": "scales", "raw/": "raw"}
 _PACKAGES = (
-    "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "safetensors", "typer", "rich", "numpy",
+    "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "safetensors", "typer", "rich", "numpy", "scipy",
     "scikit-learn",
 )  # fmt: skip
 

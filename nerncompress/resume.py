@@ -7,6 +7,8 @@ A snapshot is a ``<output>.resume`` file next to the output: one safetensors con
     rng/generator, rng/torch   the state of the loop's batch generator and of torch's global generator
     best/<param>               the best-so-far predictor of a loop with model selection (distill)
     round_start/<param>        the predictor that started the current round (fit --rounds > 1)
+    positions/<layer>          the kernels' positions, when the loop moves them (fit's re-assignment)
+    round_start_positions/<layer>  and the positions the current round started from
 
 and, in ``__metadata__`` (JSON strings), the step, the round, the optimiser's param groups, the best-so-far record,
 the history of completed rounds and a fingerprint of the run (stage, config, inputs) that ``--resume`` must match.
@@ -67,6 +69,7 @@ class LoopState:
         torch_rng: state of torch's global CPU generator.
         best: best-so-far record of a loop with model selection ({"step", "holdout_agreement"}), else None.
         best_predictor: the predictor state of ``best``.
+        positions: the kernels' positions of a loop that moves them (fit's re-assignment), else None.
     """
 
     step: int
@@ -76,6 +79,7 @@ class LoopState:
     torch_rng: Tensor
     best: dict[str, Any] | None = None
     best_predictor: dict[str, Tensor] | None = None
+    positions: dict[str, Tensor] | None = None
 
     @classmethod
     def capture(
@@ -87,6 +91,7 @@ class LoopState:
         *,
         best: dict[str, Any] | None = None,
         best_predictor: dict[str, Tensor] | None = None,
+        positions: dict[str, Tensor] | None = None,
     ) -> LoopState:
         """The loop's state after ``step`` steps (references, not copies: save it before the next step)."""
         return cls(
@@ -97,10 +102,11 @@ class LoopState:
             torch_rng=torch.get_rng_state(),
             best=dict(best) if best is not None else None,
             best_predictor=best_predictor,
+            positions=dict(positions) if positions is not None else None,
         )
 
     def restore(self, predictor: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
-        """Put this state back into a freshly built loop."""
+        """Put this state back into a freshly built loop (``positions`` are the loop's to put back)."""
         predictor.load_state_dict(self.predictor)
         optimizer.load_state_dict(self.optimizer)
         generator.set_state(self.generator)
@@ -116,6 +122,7 @@ class Snapshot:
     history: list[dict[str, Any]]
     round_start: dict[str, Tensor] | None
     loop: LoopState
+    round_start_positions: dict[str, Tensor] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ file format
@@ -134,6 +141,8 @@ def write_snapshot(snapshot: Snapshot, path: PathLike) -> None:
     tensors["rng/torch"] = loop.torch_rng
     tensors.update({f"best/{k}": v for k, v in (loop.best_predictor or {}).items()})
     tensors.update({f"round_start/{k}": v for k, v in (snapshot.round_start or {}).items()})
+    tensors.update({f"positions/{k}": v for k, v in (loop.positions or {}).items()})
+    tensors.update({f"round_start_positions/{k}": v for k, v in (snapshot.round_start_positions or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {
         "format": RESUME_FORMAT,
@@ -191,6 +200,7 @@ def read_snapshot(path: PathLike) -> Snapshot:
             torch_rng=tensors["rng/torch"],
             best=json.loads(meta["best"]),
             best_predictor=_group(tensors, "best/") if has_best else None,
+            positions=_group(tensors, "positions/") or None,
         )
         return Snapshot(
             fingerprint=json.loads(meta["fingerprint"]),
@@ -198,6 +208,7 @@ def read_snapshot(path: PathLike) -> Snapshot:
             history=json.loads(meta["history"]),
             round_start=_group(tensors, "round_start/") if has_round_start else None,
             loop=loop,
+            round_start_positions=_group(tensors, "round_start_positions/") or None,
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"resume file {file} is inconsistent ({exc!r}): delete it to start afresh") from exc
@@ -263,6 +274,7 @@ class Checkpointer:
         self.round = 0
         self.history: list[dict[str, Any]] = []
         self.round_start: dict[str, Tensor] | None = None
+        self.round_start_positions: dict[str, Tensor] | None = None
         self._pending: LoopState | None = None
         self._last_save = time.monotonic()
 
@@ -291,11 +303,20 @@ class Checkpointer:
         self.log(f"resuming from {self.path} (round {snapshot.round + 1}, step {snapshot.loop.step})")
         return snapshot
 
-    def begin_round(self, round_index: int, history: list[dict[str, Any]], predictor: nn.Module | None) -> None:
-        """Record what a snapshot of this round must also hold: its index, the history so far, its start state."""
+    def begin_round(
+        self,
+        round_index: int,
+        history: list[dict[str, Any]],
+        predictor: nn.Module | None,
+        positions: dict[str, Tensor] | None = None,
+    ) -> None:
+        """Record what a snapshot of this round must also hold: its index, the history so far, its start state
+        (the predictor and, when given, the kernels' positions: a later round's targets are regenerated from them)."""
         self.round = round_index
         self.history = _json(history)
-        self.round_start = _copy(predictor.state_dict()) if predictor is not None and round_index > 0 else None
+        later = round_index > 0
+        self.round_start = _copy(predictor.state_dict()) if predictor is not None and later else None
+        self.round_start_positions = _copy(positions) if positions is not None and later else None
 
     # ------------------------------------------------------------------------------------------- in the loops
     def restore(
@@ -331,7 +352,9 @@ class Checkpointer:
 
     def save(self, loop: LoopState) -> None:
         """Write a snapshot of ``loop`` in the current round (atomically: a killed save keeps the previous one)."""
-        snapshot = Snapshot(self.fingerprint, self.round, self.history, self.round_start, loop)
+        snapshot = Snapshot(
+            self.fingerprint, self.round, self.history, self.round_start, loop, self.round_start_positions
+        )
         write_snapshot(snapshot, self.path)
         self.saves += 1
         self._last_save = time.monotonic()

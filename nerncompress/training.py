@@ -28,7 +28,7 @@ from .nern import Nern, filter_scales
 from .optim import PRECISIONS, StepCallback, lr_at, use_bf16
 from .permutations import PERMUTATIONS, compute_positions
 from .predictor import PredictorConfig, build_predictor
-from .reconstruction import IMPORTANCE, kernel_groups, reconstruction_error
+from .reconstruction import IMPORTANCE, kernel_groups, reassign_positions, reconstruction_error
 from .resume import Checkpointer, LoopState
 
 FIT_CONFIG_VERSION = 1
@@ -43,7 +43,11 @@ class FitConfig:
         hidden: predictor width h (``--hidden``).
         depth: hidden-to-hidden layers of the predictor.
         levels, base: positional embedding (L levels of frequency pi * base**k).
-        permute: smoothing permutation, one of crossfilter | infilter | none.
+        permute: smoothing permutation, one of crossfilter | infilter | none: the positions fitting starts from.
+        reassign_every: steps between re-assignments of kernels to positions (``permutations.assign_positions``:
+            each kernel moves to where the predictor's output fits it best), from the end of the warm-up to 95% of
+            the steps; 0 keeps the permutation's positions. Crossfilter only: the other layouts are not stored as
+            a free permutation.
         iters: optimisation steps.
         lr: peak learning rate of Adam.
         warmup: fraction of ``iters`` spent warming the learning rate up linearly.
@@ -71,6 +75,7 @@ class FitConfig:
     levels: int = 20
     base: float = 1.25
     permute: str = "crossfilter"
+    reassign_every: int = 500
     iters: int = 12000
     lr: float = 1e-2
     warmup: float = 0.05
@@ -109,6 +114,8 @@ class FitConfig:
             raise UsageError(f"unknown importance {self.importance!r}: choose one of {', '.join(IMPORTANCE)}")
         if self.scheme not in SCHEMES:
             raise UsageError(f"unknown scheme {self.scheme!r}: choose one of {', '.join(SCHEMES)}")
+        if self.reassign_every < 0:
+            raise UsageError(f"--reassign-every must be >= 0, got {self.reassign_every}")
         if self.rounds < 1:
             raise UsageError(f"--rounds must be >= 1, got {self.rounds}")
         if self.precision not in PRECISIONS:
@@ -215,6 +222,8 @@ def fit(
             first_round, nern.history = saved.round, saved.history
             if saved.round_start is not None:
                 nern.predictor.load_state_dict(saved.round_start)
+            if saved.round_start_positions is not None:
+                nern.positions.update(saved.round_start_positions)
     nern.predictor.to(torch_device)
     targets = state_dict
     for round_index in range(first_round, config.rounds):
@@ -225,7 +234,7 @@ def fit(
             nern.scales = _scales(targets, nern.layers, config.filter_scales)
             nern.predictor.to(torch_device)
         if checkpointer is not None:
-            checkpointer.begin_round(round_index, nern.history, nern.predictor)
+            checkpointer.begin_round(round_index, nern.history, nern.predictor, nern.positions)
         if config.scheme == "nern" and round_index == 0:
             teacher = build_model(nern.arch, state_dict)
             metrics = train_with_teacher(
@@ -254,6 +263,13 @@ def fit(
     return nern
 
 
+def _reassign_due(step: int, config: FitConfig) -> bool:
+    """Re-assignment runs after the warm-up (an untrained predictor's outputs say nothing) and stops at 95% of the
+    steps, so that the predictor ends by fitting the positions it is stored with."""
+    every = config.reassign_every
+    return every > 0 and step > 0 and step % every == 0 and config.warmup * config.iters <= step <= 0.95 * config.iters
+
+
 def train_reconstruction(
     nern: Nern,
     weights: dict[str, Tensor],
@@ -265,18 +281,26 @@ def train_reconstruction(
     checkpointer: Checkpointer | None = None,
     before_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """The reconstruction loop: sample kernels, regress, step. Returns the final training loss.
+    """The reconstruction loop: sample kernels, regress, step; every ``config.reassign_every`` steps, move kernels
+    to the positions that fit them best. Returns the final training loss.
     ``before_step(step)``, when given, runs first in every step (e.g. to update pruning masks)."""
-    groups = kernel_groups(nern, weights, device, config.importance)
-    total_kernels = sum(g.targets.shape[0] for g in groups)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     optimizer = torch.optim.Adam(nern.predictor.parameters(), lr=config.lr)
     predictor = nern.predictor.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(config.precision, device))
     resumed = checkpointer.restore(predictor, optimizer, generator) if checkpointer is not None else None
+    if resumed is not None and resumed.positions is not None:
+        nern.positions.update(resumed.positions)
+    groups = kernel_groups(nern, weights, device, config.importance)
+    total_kernels = sum(g.targets.shape[0] for g in groups)
+    # Only crossfilter positions are stored as a free permutation; infilter's keep each filter's kernels together
+    # and none stores no positions, so re-assignment would be lost in the file.
+    moves_positions = config.reassign_every > 0 and nern.permute == "crossfilter"
     for step in range(resumed.step if resumed is not None else 0, config.iters):
         if before_step is not None:
             before_step(step)
+        if moves_positions and _reassign_due(step, config):
+            reassign_positions(nern, groups)
         lr = lr_at(step, total=config.iters, peak=config.lr, warmup=config.warmup, final_ratio=config.final_lr_ratio)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
@@ -305,6 +329,11 @@ def train_reconstruction(
             on_step(step + 1, config.iters, {"loss": loss_value, "rmse": math.sqrt(loss_value), "lr": lr})
         if checkpointer is not None:  # last in the step: a snapshot sees the state an uninterrupted run goes on from
             done = step + 1
-            checkpointer.step_done(done, config.iters, lambda: LoopState.capture(done, predictor, optimizer, generator))
+            checkpointer.step_done(
+                done, config.iters,
+                lambda: LoopState.capture(
+                    done, predictor, optimizer, generator, positions=nern.positions if moves_positions else None
+                ),
+            )  # fmt: skip
     predictor.eval()
     return {"final_loss": float(loss.detach())}

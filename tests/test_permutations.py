@@ -1,9 +1,17 @@
+import itertools
 import time
 
 import pytest
 import torch
 
-from nerncompress.permutations import PERMUTATIONS, compute_positions, greedy_chain, neighbour_similarity
+from nerncompress import permutations
+from nerncompress.permutations import (
+    PERMUTATIONS,
+    assign_positions,
+    compute_positions,
+    greedy_chain,
+    neighbour_similarity,
+)
 
 
 def _smooth_then_shuffled(c_out=12, c_in=10, seed=0):
@@ -66,3 +74,67 @@ def test_largest_cifar_layer_is_fast():
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown permutation"):
         compute_positions(torch.randn(2, 2, 3, 3), "zigzag")
+
+
+# ------------------------------------------------------------------------------------------ assign_positions
+def _total_error(targets, predicted, positions, weights=None):
+    per_kernel = (targets - predicted[positions]).pow(2).sum(dim=1)
+    return float(per_kernel.sum() if weights is None else (weights * per_kernel).sum())
+
+
+def test_assignment_is_a_bijection_and_never_worse():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        count = 50 + 17 * trial
+        targets, predicted = torch.randn(count, 9, generator=g), torch.randn(count, 9, generator=g)
+        weights = torch.rand(count, generator=g) + 0.1
+        positions = torch.randperm(count, generator=g)
+        new = assign_positions(targets, predicted, positions, weights=weights, candidates=4)
+        assert new.dtype == torch.int64 and sorted(new.tolist()) == list(range(count))
+        before = _total_error(targets, predicted, positions, weights)
+        assert _total_error(targets, predicted, new, weights) < before
+
+
+def test_assignment_with_all_candidates_is_the_optimal_matching():
+    g = torch.Generator().manual_seed(1)
+    count = 6
+    targets, predicted = torch.randn(count, 4, generator=g), torch.randn(count, 4, generator=g)
+    weights = torch.rand(count, generator=g) + 0.1
+    best = min(
+        _total_error(targets, predicted, torch.tensor(p), weights) for p in itertools.permutations(range(count))
+    )
+    new = assign_positions(targets, predicted, torch.arange(count), weights=weights, candidates=count)
+    assert _total_error(targets, predicted, new, weights) == pytest.approx(best, rel=1e-12)
+
+
+def test_assignment_recovers_where_each_kernel_is_predicted():
+    g = torch.Generator().manual_seed(2)
+    count = 300
+    targets = torch.randn(count, 9, generator=g)
+    true_positions = torch.randperm(count, generator=g)
+    predicted = torch.empty_like(targets)
+    predicted[true_positions] = targets + 0.01 * torch.randn(count, 9, generator=g)
+    new = assign_positions(targets, predicted, torch.randperm(count, generator=g), candidates=8)
+    assert torch.equal(new, true_positions)
+
+
+def test_assignment_keeps_a_perfect_fit_in_place():
+    targets = torch.randn(40, 9)
+    positions = torch.randperm(40)
+    predicted = torch.empty_like(targets)
+    predicted[positions] = targets
+    assert torch.equal(assign_positions(targets, predicted, positions), positions)
+
+
+def test_large_layers_are_matched_within_chain_segments(monkeypatch):
+    monkeypatch.setattr(permutations, "_ASSIGN_SEGMENT", 8)
+    g = torch.Generator().manual_seed(3)
+    count = 20
+    targets, predicted = torch.randn(count, 9, generator=g), torch.randn(count, 9, generator=g)
+    positions = torch.randperm(count, generator=g)
+    new = assign_positions(targets, predicted, positions)
+    assert sorted(new.tolist()) == list(range(count))
+    assert _total_error(targets, predicted, new) < _total_error(targets, predicted, positions)
+    for start in (0, 8, 16):  # a kernel stays in its stretch of the chain: positions start..start+7
+        inside = (positions >= start) & (positions < start + 8)
+        assert bool(((new[inside] >= start) & (new[inside] < start + 8)).all())

@@ -77,8 +77,10 @@ def interrupted_then_resumed(monkeypatch, argv: list, output: Path, call: int, s
 
 
 # --------------------------------------------------------------------------------------------- byte identity
-def test_fit_sigint_then_resume_gives_the_uninterrupted_bytes(ws, tmp_path, monkeypatch):
-    argv = ["fit", ws["checkpoint"], *FIT, "--iters", "24"]
+@pytest.mark.parametrize("reassign", ["0", "4"])
+def test_fit_sigint_then_resume_gives_the_uninterrupted_bytes(ws, tmp_path, monkeypatch, reassign):
+    # With re-assignment the snapshot must also hold the kernels' positions (moved at steps 4, 8, 12...).
+    argv = ["fit", ws["checkpoint"], *FIT, "--iters", "24", "--reassign-every", reassign]
     reference = invoke(*argv, "-o", tmp_path / "reference.nern")
     assert reference.exit_code == 0, reference.stderr
     resumed = interrupted_then_resumed(monkeypatch, argv, tmp_path / "resumed.nern", call=9, signum=signal.SIGINT)
@@ -86,7 +88,8 @@ def test_fit_sigint_then_resume_gives_the_uninterrupted_bytes(ws, tmp_path, monk
 
 
 def test_fit_rounds_sigterm_in_round_two_then_resume_gives_the_same_bytes(ws, tmp_path, monkeypatch):
-    argv = ["fit", ws["checkpoint"], *FIT, "--iters", "10", "--rounds", "2"]
+    # Round two's targets are regenerated from round one's predictor at round one's final positions.
+    argv = ["fit", ws["checkpoint"], *FIT, "--iters", "10", "--rounds", "2", "--reassign-every", "2"]
     reference = invoke(*argv, "-o", tmp_path / "reference.nern")
     assert reference.exit_code == 0, reference.stderr
     resumed = interrupted_then_resumed(monkeypatch, argv, tmp_path / "resumed.nern", call=14, signum=signal.SIGTERM)

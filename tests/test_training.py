@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from helpers import tiny_fit, tiny_resnet_state_dict
+from nerncompress.artifact import load_artifact, save_artifact
 from nerncompress.data import ImageData
 from nerncompress.errors import UsageError
 from nerncompress.expand import expand_state_dict
@@ -44,10 +45,52 @@ def test_fit_is_deterministic():
         assert torch.equal(value, b.predictor.state_dict()[key])
 
 
-@pytest.mark.parametrize("bad", [dict(permute="zigzag"), dict(hidden=0), dict(iters=0), dict(lr=-1.0)])
+@pytest.mark.parametrize(
+    "bad", [dict(permute="zigzag"), dict(hidden=0), dict(iters=0), dict(lr=-1.0), dict(reassign_every=-1)]
+)
 def test_invalid_fit_config(bad):
     with pytest.raises(UsageError):
         FitConfig(**bad)
+
+
+def test_reassignment_moves_kernels_and_lowers_the_error(tmp_path):
+    state_dict = tiny_resnet_state_dict()
+    fixed = tiny_fit(state_dict, iters=120, lr=5e-3, reassign_every=0)
+    moving = tiny_fit(state_dict, iters=120, lr=5e-3, reassign_every=15)
+    for entry in moving.layers:
+        assert sorted(moving.positions[entry.name].tolist()) == list(range(entry.num_kernels))
+    moved = sum(int((moving.positions[k] != fixed.positions[k]).sum()) for k in fixed.positions)
+    assert moved > 0
+    assert reconstruction_error(moving, state_dict)["rmse"] < 0.9 * reconstruction_error(fixed, state_dict)["rmse"]
+    assert moving.history[-1]["config"]["reassign_every"] == 15
+    # The artifact stores the moved positions: the file regenerates the fitted weights.
+    save_artifact(moving, tmp_path / "moved.nern")
+    reloaded = expand_state_dict(load_artifact(tmp_path / "moved.nern"))
+    for key, value in expand_state_dict(moving).items():
+        assert torch.equal(reloaded[key], value)
+
+
+@pytest.mark.parametrize("permute", ["infilter", "none"])
+def test_reassignment_leaves_structured_positions_alone(tmp_path, permute):
+    # infilter stores each filter's kernels as one block and none stores no positions: moved kernels would be lost.
+    state_dict = tiny_resnet_state_dict()
+    nern = tiny_fit(state_dict, iters=40, permute=permute, reassign_every=5)
+    start = tiny_fit(state_dict, iters=1, permute=permute)
+    for name, positions in nern.positions.items():
+        assert torch.equal(positions, start.positions[name])
+    save_artifact(nern, tmp_path / "structured.nern")
+    reloaded = expand_state_dict(load_artifact(tmp_path / "structured.nern"))
+    for key, value in expand_state_dict(nern).items():
+        assert torch.equal(reloaded[key], value)
+
+
+def test_reassignment_runs_between_warmup_and_the_last_steps(monkeypatch):
+    import nerncompress.training as training
+
+    steps = []
+    monkeypatch.setattr(training, "reassign_positions", lambda nern, groups: steps.append(len(steps)) or 0)
+    tiny_fit(iters=100, reassign_every=10, warmup=0.15)
+    assert len(steps) == len([s for s in range(10, 100, 10) if 15 <= s <= 95])  # steps 20..90
 
 
 def test_kd_gradients_reach_the_predictor():

@@ -103,6 +103,7 @@ from .options import (
     ProbeFractionOpt,
     QatItersOpt,
     RawFp16Opt,
+    ReassignEveryOpt,
     RequiredOutputOpt,
     ResumeOpt,
     Rounding,
@@ -311,6 +312,7 @@ def fit_command(
     levels: LevelsOpt = FIT_DEFAULTS.levels,
     base: BaseOpt = FIT_DEFAULTS.base,
     permute: PermuteOpt = Permute(FIT_DEFAULTS.permute),
+    reassign_every: ReassignEveryOpt = FIT_DEFAULTS.reassign_every,
     iters: ItersOpt = FIT_DEFAULTS.iters,
     lr: LrOpt = FIT_DEFAULTS.lr,
     batch_size: KernelBatchOpt = FIT_DEFAULTS.batch_size,
@@ -339,8 +341,8 @@ def fit_command(
     _set_threads(threads)
     target = _check_output(output_path or Path(checkpoint.name).with_suffix(".nern"), checkpoint, *(data or []))
     config = training.FitConfig(
-        hidden=hidden, levels=levels, base=base, permute=permute.value, iters=iters, lr=lr,
-        batch_size=batch_size, scheme=scheme.value, rounds=rounds, kd_weight=kd_weight, fmd_weight=fmd_weight,
+        hidden=hidden, levels=levels, base=base, permute=permute.value, reassign_every=reassign_every, iters=iters,
+        lr=lr, batch_size=batch_size, scheme=scheme.value, rounds=rounds, kd_weight=kd_weight, fmd_weight=fmd_weight,
         seed=seed,
     )  # fmt: skip
     if data and config.scheme != "nern":

@@ -146,7 +146,19 @@ BaseOpt = Annotated[
 ]
 PermuteOpt = Annotated[
     Permute,
-    typer.Option("--permute", help="Smoothing permutation of each layer's kernels.", rich_help_panel=PREDICTOR),
+    typer.Option(
+        "--permute", help="Smoothing permutation of each layer's kernels: the positions fitting starts from.",
+        rich_help_panel=PREDICTOR,
+    ),
+]
+ReassignEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--reassign-every", min=0,
+        help="Every this many steps, move each kernel to the position whose predicted kernel fits it best (an "
+        "optimal matching; no extra bytes). 0 keeps the permutation's positions. With --permute crossfilter only.",
+        rich_help_panel=PREDICTOR,
+    ),
 ]
 
 # ------------------------------------------------------------------------------------------------ fit: training

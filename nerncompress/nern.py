@@ -69,18 +69,15 @@ class Nern:
                 return entry
         raise KeyError(name)
 
-    def layer_embeddings(self, entry: LayerEntry) -> Tensor:
-        """Embeddings of every kernel of one layer: float32 (C_out * C_in, embedding.dim)."""
-        coords = kernel_coordinates(
-            entry.layer_index, self.num_layers, self.positions[entry.name], c_out=entry.c_out, c_in=entry.c_in
-        )
+    def position_embeddings(self, entry: LayerEntry) -> Tensor:
+        """Embeddings of every position 0..N-1 of one layer: float32 (C_out * C_in, embedding.dim)."""
+        every = torch.arange(entry.num_kernels, dtype=torch.int64)
+        coords = kernel_coordinates(entry.layer_index, self.num_layers, every, c_out=entry.c_out, c_in=entry.c_in)
         return positional_embedding(coords, self.embedding)
 
-    def position_embeddings(self, entry: LayerEntry) -> Tensor:
-        """Embeddings of every position 0..N-1 of one layer (kernel i is at ``positions[i]``): float32 (N, dim)."""
-        positions = torch.arange(entry.num_kernels, dtype=torch.int64)
-        coords = kernel_coordinates(entry.layer_index, self.num_layers, positions, c_out=entry.c_out, c_in=entry.c_in)
-        return positional_embedding(coords, self.embedding)
+    def layer_embeddings(self, entry: LayerEntry) -> Tensor:
+        """Embeddings of every kernel of one layer (kernel i at ``positions[i]``): float32 (C_out * C_in, dim)."""
+        return self.position_embeddings(entry)[self.positions[entry.name]]
 
     def regenerate_layer(self, entry: LayerEntry, embeddings: Tensor | None = None) -> Tensor:
         """Weight of one represented layer, shape ``entry.shape`` (differentiable when grad is enabled)."""

@@ -109,7 +109,6 @@ def reconstruction_error(nern: Nern, weights: dict[str, Tensor]) -> dict[str, fl
     return {"rmse": rmse, "relative_rmse": rmse / std, "normalised_rmse": math.sqrt(squared_normalised / total)}
 
 
-
 @torch.no_grad()
 def reassign_positions(nern: Nern, groups: list[KernelGroup]) -> int:
     """Move every layer's kernels to the positions whose predicted kernels fit them best, in ``nern.positions``

@@ -2,16 +2,18 @@
 # One prepared run on a CUDA machine: fit / distill / eval / expand timings and the fidelity that longer
 # distillation reaches. Usage: benchmarks/cuda_check.sh DATA_DIR OUT_DIR [DEVICE]
 # DATA_DIR holds resnet20-12fca82f.th, resnet56-4bfd9763.th and the CIFAR-10 .npz files of ../shared/data.
-# FIT_ITERS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND (1/0) and NC (the command) may be overridden from the
-# environment, e.g. for a CPU smoke test. A MODELS entry may name the predictor width: "resnet56:400" (default h:
-# 280 for resnet56, 180 for resnet20); each entry's files and log steps are tagged with it, e.g. resnet56_h400.
+# FIT_ITERS, FIT_FLAGS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND (1/0) and NC (the command) may be
+# overridden from the environment, e.g. for a CPU smoke test. A MODELS entry may name the predictor width:
+# "resnet56:400" (default h: 280 for resnet56, 180 for resnet20); each entry's files and log steps are tagged with
+# it, e.g. resnet56_h400.
 # COMPRESS=1 adds the meta-compression of the distilled predictor: learned int8 (Q_KD_ITERS KD steps, the float
 # predictor teaching), 50% pruning (P_FT_ITERS refit + P_KD_ITERS KD steps) and int8 on top of it, each evaluated
 # against the original and against the float predictor.
 set -uo pipefail
 D=$1; O=$2; DEV=${3:-cuda}
 FIT_ITERS=${FIT_ITERS:-12000}; KD_ITERS=${KD_ITERS:-3000}; NC=${NC:-python3 -m nerncompress}
-MODELS=${MODELS:-resnet56 resnet20}; EXPAND=${EXPAND:-1}; KD_FLAGS=${KD_FLAGS:-}  # KD_FLAGS: extra distill options
+MODELS=${MODELS:-resnet56 resnet20}; EXPAND=${EXPAND:-1}; KD_FLAGS=${KD_FLAGS:-}  # extra distill options
+FIT_FLAGS=${FIT_FLAGS:-}  # extra fit options
 declare -A CHECKPOINT=([resnet56]=resnet56-4bfd9763 [resnet20]=resnet20-12fca82f) HIDDEN=([resnet56]=280 [resnet20]=180)
 LOG=$O/log.jsonl; ERR=$O/stderr.log; W=$(mktemp -d)  # only the log and stderr land in OUT_DIR
 mkdir -p "$O"
@@ -39,7 +41,8 @@ for entry in $MODELS; do
   model=${entry%%:*}; m=${CHECKPOINT[$model]}; h=${HIDDEN[$model]}
   [ "$entry" = "$model" ] || h=${entry#*:}
   short=${model}_h$h
-  step "${short}_fit" 400 $NC fit "$D/$m.th" --hidden "$h" --iters "$FIT_ITERS" --device "$DEV" -o "$W/$short.nern" --json
+  step "${short}_fit" 400 $NC fit "$D/$m.th" --hidden "$h" --iters "$FIT_ITERS" $FIT_FLAGS --device "$DEV" \
+    -o "$W/$short.nern" --json
   step "${short}_distill" 600 $NC distill "$W/$short.nern" --teacher "$D/$m.th" $TRAIN --iters "$KD_ITERS" \
     --eval-every 250 $KD_FLAGS --device "$DEV" -o "$W/${short}d.nern" --json
   for data in test1000_lossless test10k_jpeg; do

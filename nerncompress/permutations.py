@@ -201,14 +201,15 @@ def assign_positions(
     approximate = weights.float()[:, None] * (t32.pow(2).sum(1, keepdim=True) - 2 * t32 @ p32.T + p32.pow(2).sum(1))
     k = min(candidates, count)
     cheapest_slots = torch.topk(approximate, k, dim=1, largest=False).indices  # (N, k)
-    edges = torch.zeros(count, count, dtype=torch.bool, device=device)
-    edges.scatter_(0, torch.topk(approximate, k, dim=0, largest=False).indices, True)
-    del approximate
-    edges &= torch.zeros_like(edges).scatter_(1, cheapest_slots, True)
     positions = positions.to(torch.int64).cpu()
-    edges[torch.arange(count, device=device), positions.to(device)] = True  # staying is possible: a matching exists
-    rows, columns = (index.cpu() for index in edges.nonzero(as_tuple=True))
-    del edges
+    edges = None
+    if targets.shape[1] > 1:
+        edges = torch.zeros(count, count, dtype=torch.bool, device=device)
+        edges.scatter_(0, torch.topk(approximate, k, dim=0, largest=False).indices, True)
+        edges &= torch.zeros_like(edges).scatter_(1, cheapest_slots, True)
+        edges[torch.arange(count, device=device), positions.to(device)] = True  # staying is always possible
+        edges = tuple(index.cpu() for index in edges.nonzero(as_tuple=True))
+    del approximate
     cheapest_slots = cheapest_slots.cpu()
     targets = targets.detach().to(torch.float64).cpu()
     predicted = predicted.detach().to(torch.float64).cpu()
@@ -217,6 +218,21 @@ def assign_positions(
     def cost(kernels: Tensor, slots: Tensor) -> Tensor:
         return weights[kernels] * (targets[kernels] - predicted[slots]).pow(2).sum(-1)
 
+    if edges is None:
+        # Scalar (1x1) kernels: pairing them in sorted order is the optimal matching for equal weights, and scipy's
+        # matcher stalls on the ties of one-dimensional costs.
+        matched = torch.empty(count, dtype=torch.int64)
+        matched[torch.argsort(targets[:, 0], stable=True)] = torch.argsort(predicted[:, 0], stable=True)
+    else:
+        matched = _min_cost_matching(*edges, cost, count)
+    everyone = torch.arange(count)
+    if float(cost(everyone, matched).sum()) > float(cost(everyone, positions).sum()):
+        matched = positions  # never accept a worse assignment (rounded costs, unequal weights)
+    return _swap_pass(matched, cheapest_slots[:, : min(swap_candidates, k)], cost, swap_passes)
+
+
+def _min_cost_matching(rows: Tensor, columns: Tensor, cost, count: int) -> Tensor:
+    """Exact minimum-cost perfect matching on the edges (rows[e], columns[e]): kernel -> position, int64 (N,)."""
     edge_costs = cost(rows, columns)
     # Integral costs in steps of 1e-6 of the mean: on nearly tied float costs scipy's matching can take minutes
     # where it takes a tenth of a second on these. The + 1 keeps every cost > 0 (a stored zero reads as no edge);
@@ -227,10 +243,7 @@ def assign_positions(
     kernels, slots = min_weight_full_bipartite_matching(graph)
     matched = torch.empty(count, dtype=torch.int64)
     matched[torch.from_numpy(kernels).long()] = torch.from_numpy(slots).long()
-    everyone = torch.arange(count)
-    if float(cost(everyone, matched).sum()) > float(cost(everyone, positions).sum()):
-        matched = positions  # the rounding can only cost a few resolutions; never accept a worse assignment
-    return _swap_pass(matched, cheapest_slots[:, : min(swap_candidates, k)], cost, swap_passes)
+    return matched
 
 
 def _swap_pass(positions: Tensor, candidate_slots: Tensor, cost, passes: int) -> Tensor:

@@ -138,3 +138,17 @@ def test_large_layers_are_matched_within_chain_segments(monkeypatch):
     for start in (0, 8, 16):  # a kernel stays in its stretch of the chain: positions start..start+7
         inside = (positions >= start) & (positions < start + 8)
         assert bool(((new[inside] >= start) & (new[inside] < start + 8)).all())
+
+
+def test_scalar_kernels_are_matched_in_sorted_order_quickly():
+    # 1x1 kernels: one-dimensional costs full of near-ties, on which a general matcher stalls (the demo's CNN).
+    g = torch.Generator().manual_seed(4)
+    count = 4096
+    targets = torch.round(torch.randn(count, 1, generator=g) * 20) / 20
+    predicted = torch.round(torch.randn(count, 1, generator=g) * 20) / 20
+    positions = torch.randperm(count, generator=g)
+    started = time.perf_counter()
+    new = assign_positions(targets, predicted, positions)
+    assert time.perf_counter() - started < 10.0
+    optimum = (targets[:, 0].sort().values - predicted[:, 0].sort().values).pow(2).sum()
+    assert _total_error(targets, predicted, new) == pytest.approx(float(optimum), rel=1e-9)

@@ -228,7 +228,7 @@ def assign_positions(
     everyone = torch.arange(count)
     if float(cost(everyone, matched).sum()) > float(cost(everyone, positions).sum()):
         matched = positions  # never accept a worse assignment (rounded costs, unequal weights)
-    return _swap_pass(matched, cheapest_slots[:, : min(swap_candidates, k)], cost, swap_passes)
+    return _swap_passes(matched, cheapest_slots[:, : min(swap_candidates, k)], cost, swap_passes)
 
 
 def _min_cost_matching(rows: Tensor, columns: Tensor, cost, count: int) -> Tensor:
@@ -246,7 +246,7 @@ def _min_cost_matching(rows: Tensor, columns: Tensor, cost, count: int) -> Tenso
     return matched
 
 
-def _swap_pass(positions: Tensor, candidate_slots: Tensor, cost, passes: int) -> Tensor:
+def _swap_passes(positions: Tensor, candidate_slots: Tensor, cost, passes: int) -> Tensor:
     """Improve an assignment by swapping pairs of kernels: kernel i with the kernel at one of its candidate slots,
     the best gain of each kernel first, each kernel in at most one swap per pass."""
     positions = positions.clone()

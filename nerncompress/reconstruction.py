@@ -121,14 +121,15 @@ def reassign_positions(nern: Nern, groups: list[KernelGroup]) -> int:
         start = 0
         for entry in group.layers:
             end = start + entry.num_kernels
-            predicted = nern.predictor(nern.position_embeddings(entry).to(device), entry.kernel_size)
+            everywhere = nern.position_embeddings(entry).to(device)
+            predicted = nern.predictor(everywhere, entry.kernel_size)
             old = nern.positions[entry.name]
             new = assign_positions(
                 group.targets[start:end], predicted, old, weights=group.importance[start:end]
             )  # fmt: skip
             moved += int((new != old).sum())
             nern.positions[entry.name] = new
-            group.embeddings[start:end] = nern.layer_embeddings(entry).to(device)
+            group.embeddings[start:end] = everywhere[new.to(device)]  # = nern.layer_embeddings(entry)
             start = end
     nern.predictor.train(was_training)
     return moved

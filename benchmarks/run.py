@@ -71,13 +71,13 @@ class ModelCase:
 # ~20 ms, KD ~0.28 s (0.4 s with the ResNet-56 teacher), joint ~0.6 s, h=680 fit ~0.1 s; ResNet-56 fit ~30 ms,
 # KD ~1.0 s, joint ~1.8 s, h=680 fit ~0.1 s. Reconstruction alone converges well inside the budget: 3x more steps moved ResNet-56's
 # relative error from 0.333 to 0.339 and ResNet-20's from 0.189 to 0.177 (36,000-step fits on an H200).
-# A fit also re-assigns positions every 500 steps: ~3 s each for ResNet-20, ~13 s for ResNet-56 on 1 thread, hence
-# ResNet-56's 6,000 fit + 480 KD steps.
+# A fit also re-assigns positions every 500 steps: ~2 s each for ResNet-20, ~6 s for ResNet-56 on 1 thread (~13 s
+# before the faster candidate search), hence ResNet-56's 6,000 fit + 450 KD steps.
 BUDGET_SECONDS = {"resnet20": 600, "resnet56": 900}
 FULL_STEPS = {
     "resnet20": {"fit": 8000, "kd": 1200, "kd_strong_teacher": 900, "joint": 900, "progressive": 5400,
                  "kd_probes": 1200, "kd_fmd": 1000, "kd_batch64": 2500, "fit_wider": 8000, "kd_wider": 1200},
-    "resnet56": {"fit": 6000, "kd": 480, "joint": 500, "progressive": 7200, "kd_probes": 440, "kd_fmd": 320,
+    "resnet56": {"fit": 6000, "kd": 450, "joint": 500, "progressive": 7200, "kd_probes": 440, "kd_fmd": 320,
                  "kd_batch64": 650, "fit_wider": 6000, "kd_wider": 480},
 }
 WIDER_HIDDEN = {"resnet20": 200, "resnet56": 340}

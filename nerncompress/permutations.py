@@ -198,14 +198,15 @@ def assign_positions(
     weights = torch.ones(count, device=device) if weights is None else weights.detach().to(device)
     # Which positions are cheap for which kernels: from float32 distances (|t|^2 - 2 t.p + |p|^2), N^2 of them.
     t32, p32 = targets.detach().float().to(device), predicted.detach().float()
-    approximate = weights.float()[:, None] * (t32.pow(2).sum(1, keepdim=True) - 2 * t32 @ p32.T + p32.pow(2).sum(1))
+    squared_norms = t32.pow(2).sum(1, keepdim=True) + p32.pow(2).sum(1)
+    approximate = torch.addmm(squared_norms, t32, p32.T, alpha=-2).mul_(weights.float()[:, None])
     k = min(candidates, count)
-    cheapest_slots = torch.topk(approximate, k, dim=1, largest=False).indices  # (N, k)
+    cheapest_slots = _smallest(approximate, k)  # (N, k), cheapest first
     positions = positions.to(torch.int64).cpu()
     edges = None
     if targets.shape[1] > 1:
         edges = torch.zeros(count, count, dtype=torch.bool, device=device)
-        edges.scatter_(0, torch.topk(approximate, k, dim=0, largest=False).indices, True)
+        edges.scatter_(0, _smallest(approximate.T.contiguous(), k).T, True)
         edges &= torch.zeros_like(edges).scatter_(1, cheapest_slots, True)
         edges[torch.arange(count, device=device), positions.to(device)] = True  # staying is always possible
         edges = tuple(index.cpu() for index in edges.nonzero(as_tuple=True))
@@ -229,6 +230,17 @@ def assign_positions(
     if float(cost(everyone, matched).sum()) > float(cost(everyone, positions).sum()):
         matched = positions  # never accept a worse assignment (rounded costs, unequal weights)
     return _swap_passes(matched, cheapest_slots[:, : min(swap_candidates, k)], cost, swap_passes)
+
+
+def _smallest(matrix: Tensor, k: int) -> Tensor:
+    """Column indices of each row's k smallest entries, smallest first: int64 (rows, k), on ``matrix``'s device.
+    On the CPU a partial partition and a sort of the k (numpy) take about a third of the time of ``torch.topk``."""
+    if matrix.device.type != "cpu":
+        return torch.topk(matrix, k, dim=1, largest=False).indices
+    values = matrix.numpy()
+    chosen = np.argpartition(values, k - 1, axis=1)[:, :k] if k < values.shape[1] else np.indices(values.shape)[1]
+    order = np.argsort(np.take_along_axis(values, chosen, axis=1), axis=1, kind="stable")
+    return torch.from_numpy(np.take_along_axis(chosen, order, axis=1).astype(np.int64))
 
 
 def _min_cost_matching(rows: Tensor, columns: Tensor, cost, count: int) -> Tensor:

@@ -122,7 +122,8 @@ def reassign_positions(nern: Nern, groups: list[KernelGroup]) -> int:
         for entry in group.layers:
             end = start + entry.num_kernels
             everywhere = nern.position_embeddings(entry).to(device)
-            predicted = nern.predictor(everywhere, entry.kernel_size)
+            with torch.no_grad():
+                predicted = nern.predictor(everywhere, entry.kernel_size)
             old = nern.positions[entry.name]
             new = assign_positions(
                 group.targets[start:end], predicted, old, weights=group.importance[start:end]

@@ -152,3 +152,10 @@ def test_scalar_kernels_are_matched_in_sorted_order_quickly():
     assert time.perf_counter() - started < 10.0
     optimum = (targets[:, 0].sort().values - predicted[:, 0].sort().values).pow(2).sum()
     assert _total_error(targets, predicted, new) == pytest.approx(float(optimum), rel=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_smallest_entries_match_topk_in_order(k):
+    matrix = torch.randn(40, 40, generator=torch.Generator().manual_seed(k))
+    chosen = permutations._smallest(matrix, k)
+    assert torch.equal(chosen, torch.topk(matrix, k, dim=1, largest=False).indices)

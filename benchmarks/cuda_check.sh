@@ -2,7 +2,7 @@
 # One prepared run on a CUDA machine: fit / distill / eval / expand timings and the fidelity that longer
 # distillation reaches. Usage: benchmarks/cuda_check.sh DATA_DIR OUT_DIR [DEVICE]
 # DATA_DIR holds resnet20-12fca82f.th, resnet56-4bfd9763.th and the CIFAR-10 .npz files of ../shared/data.
-# FIT_ITERS, FIT_FLAGS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND (1/0) and NC (the command) may be
+# FIT_ITERS, FIT_FLAGS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND, EVAL, KEEP (1/0) and NC (the command) may be
 # overridden from the environment, e.g. for a CPU smoke test. A MODELS entry may name the predictor width:
 # "resnet56:400" (default h: 280 for resnet56, 180 for resnet20); each entry's files and log steps are tagged with
 # it, e.g. resnet56_h400.
@@ -15,26 +15,9 @@ FIT_ITERS=${FIT_ITERS:-12000}; KD_ITERS=${KD_ITERS:-3000}; NC=${NC:-python3 -m n
 MODELS=${MODELS:-resnet56 resnet20}; EXPAND=${EXPAND:-1}; KD_FLAGS=${KD_FLAGS:-}  # extra distill options
 FIT_FLAGS=${FIT_FLAGS:-}  # extra fit options
 declare -A CHECKPOINT=([resnet56]=resnet56-4bfd9763 [resnet20]=resnet20-12fca82f) HIDDEN=([resnet56]=280 [resnet20]=180)
-LOG=$O/log.jsonl; ERR=$O/stderr.log; W=$(mktemp -d)  # only the log and stderr land in OUT_DIR
+LOG=$O/log.jsonl; ERR=$O/stderr.log; W=$(mktemp -d)  # only the log and stderr land in OUT_DIR (and KEEP's file)
 mkdir -p "$O"
-step() {  # step NAME TIMEOUT CMD...: run one command, record its wall time, exit code and JSON result
-  local name=$1 limit=$2; shift 2
-  local start=$(date +%s.%N)
-  echo "== $name: $*" >> "$ERR"
-  timeout "$limit" "$@" > "$W/$name.json" 2> "$W/$name.err"; local rc=$?
-  cat "$W/$name.err" >> "$ERR"
-  local wall=$(python3 -c "import time; print(round(time.time() - $start, 2))")
-  python3 - "$name" "$rc" "$wall" "$W/$name.json" >> "$LOG" <<'PY'
-import json, sys
-name, rc, wall, path = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-try:
-    result = json.load(open(path))
-except Exception:
-    result = None
-print(json.dumps({"step": name, "rc": rc, "wall_s": wall, "result": result}))
-PY
-  echo "$name rc=$rc wall=${wall}s"; [ "$rc" = 0 ] || tail -3 "$W/$name.err"
-}
+source "$(dirname "$0")/_step.sh"  # step NAME TIMEOUT CMD...
 step env 60 $NC env --json; cat "$W/env.json"
 TRAIN="--data $D/train2000_lossless.npz --data $D/train5000_jpeg.npz"
 for entry in $MODELS; do
@@ -45,7 +28,9 @@ for entry in $MODELS; do
     -o "$W/$short.nern" --json
   step "${short}_distill" 600 $NC distill "$W/$short.nern" --teacher "$D/$m.th" $TRAIN --iters "$KD_ITERS" \
     --eval-every 250 $KD_FLAGS --device "$DEV" -o "$W/${short}d.nern" --json
+  [ "${KEEP:-0}" = 1 ] && cp "$W/${short}d.nern" "$O/"  # KEEP=1: the distilled predictor lands in OUT_DIR too
   for data in test1000_lossless test10k_jpeg; do
+    [ "${EVAL:-1}" = 1 ] || break  # EVAL=0: no test images on this machine (evaluated elsewhere, with KEEP=1)
     step "${short}_eval_$data" 120 $NC eval "$W/${short}d.nern" --data "$D/$data.npz" --compare "$D/$m.th" --device "$DEV" --json
   done
   if [ "${COMPRESS:-0}" = 1 ]; then

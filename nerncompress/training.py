@@ -7,10 +7,11 @@ warmup + cosine schedule; no data needed. ``--scheme nern`` (NeRN's joint object
 
 from __future__ import annotations
 
+
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -242,8 +243,12 @@ def fit(
                 on_step=on_step, checkpointer=checkpointer,
             )  # fmt: skip
         else:
+            # Later rounds fit what the predictor already outputs at its positions: nothing to gain from moving
+            # kernels, and re-assigning against a predictor that the round's learning-rate restart has just
+            # kicked made ResNet-20's 3-round fit 8.1% off the original instead of 2.2% after round 1.
+            round_config = config if round_index == 0 else replace(config, reassign_every=0)
             metrics = train_reconstruction(
-                nern, targets, config, device=torch_device, on_step=on_step, checkpointer=checkpointer
+                nern, targets, round_config, device=torch_device, on_step=on_step, checkpointer=checkpointer
             )
         nern.predictor.cpu()
         nern.history.append(

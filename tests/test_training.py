@@ -93,6 +93,18 @@ def test_reassignment_runs_between_warmup_and_the_last_steps(monkeypatch):
     assert len(steps) == len([s for s in range(10, 100, 10) if 15 <= s <= 95])  # steps 20..90
 
 
+def test_progressive_rounds_reassign_in_the_first_round_only(monkeypatch):
+    import nerncompress.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "reassign_positions", lambda nern, groups: calls.append(1) or 0)
+    tiny_fit(iters=100, reassign_every=10, warmup=0.15)
+    one_round = len(calls)
+    calls.clear()
+    tiny_fit(iters=100, reassign_every=10, warmup=0.15, rounds=3)
+    assert one_round > 0 and len(calls) == one_round
+
+
 def test_kd_gradients_reach_the_predictor():
     state_dict = tiny_resnet_state_dict()
     nern = tiny_fit(state_dict, iters=5)

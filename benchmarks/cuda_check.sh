@@ -2,10 +2,10 @@
 # One prepared run on a CUDA machine: fit / distill / eval / expand timings and the fidelity that longer
 # distillation reaches. Usage: benchmarks/cuda_check.sh DATA_DIR OUT_DIR [DEVICE]
 # DATA_DIR holds resnet20-12fca82f.th, resnet56-4bfd9763.th and the CIFAR-10 .npz files of ../shared/data.
-# FIT_ITERS, FIT_FLAGS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND, EVAL, KEEP (1/0) and NC (the command) may be
-# overridden from the environment, e.g. for a CPU smoke test. A MODELS entry may name the predictor width:
-# "resnet56:400" (default h: 280 for resnet56, 180 for resnet20); each entry's files and log steps are tagged with
-# it, e.g. resnet56_h400.
+# FIT_ITERS, FIT_FLAGS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND, EVAL, KEEP (1/0) and NC (the
+# command) may be overridden from the environment, e.g. for a CPU smoke test. A MODELS entry may name the predictor
+# width: "resnet56:400" (default h: 280 for resnet56, 180 for resnet20); each entry's files and log steps are tagged
+# with it, e.g. resnet56_h400.
 # COMPRESS=1 adds the meta-compression of the distilled predictor: learned int8 (Q_KD_ITERS KD steps, the float
 # predictor teaching), 50% pruning (P_FT_ITERS refit + P_KD_ITERS KD steps) and int8 on top of it, each evaluated
 # against the original and against the float predictor.

@@ -7,7 +7,6 @@ warmup + cosine schedule; no data needed. ``--scheme nern`` (NeRN's joint object
 
 from __future__ import annotations
 
-
 import json
 import math
 from collections.abc import Callable
@@ -48,7 +47,7 @@ class FitConfig:
         reassign_every: steps between re-assignments of kernels to positions (``permutations.assign_positions``:
             each kernel moves to where the predictor's output fits it best), from the end of the warm-up to 95% of
             the steps; 0 keeps the permutation's positions. Crossfilter only: the other layouts are not stored as
-            a free permutation.
+            a free permutation. With ``rounds`` > 1, in the first round only.
         iters: optimisation steps.
         lr: peak learning rate of Adam.
         warmup: fraction of ``iters`` spent warming the learning rate up linearly.

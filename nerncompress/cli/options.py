@@ -156,7 +156,8 @@ ReassignEveryOpt = Annotated[
     typer.Option(
         "--reassign-every", min=0,
         help="Every this many steps, move each kernel to the position whose predicted kernel fits it best (an "
-        "optimal matching; no extra bytes). 0 keeps the permutation's positions. With --permute crossfilter only.",
+        "optimal matching; no extra bytes). 0 keeps the permutation's positions. With --permute crossfilter only; "
+        "with --rounds, in the first round only.",
         rich_help_panel=PREDICTOR,
     ),
 ]

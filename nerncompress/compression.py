@@ -490,8 +490,8 @@ def _finetune(
     _parametrize_(nern.predictor, nern.compression, masks)
     try:
         if recon_iters:
-            # Quantization keeps the positions the predictor was fitted with (its small steps barely move the kernels);
-            # a pruning refit may re-assign them to what the smaller predictor fits best.
+            # A pruning refit may re-assign positions to what the smaller predictor fits best; quantization keeps
+            # the positions the predictor was fitted with (re-assignment was measured for fit and prune only).
             reassign_every = config.reassign_every if isinstance(config, PruneConfig) else 0
             fit_config = FitConfig(
                 iters=recon_iters, lr=config.recon_lr(), final_lr_ratio=0.01, batch_size=config.batch_size,

@@ -133,6 +133,7 @@ def test_eval_nern_and_compare_with_checkpoint(workspace):
     assert compare["delta_top1"] == pytest.approx(summary["top1"] - compare["top1"])
     paired = ("both_correct", "only_first_correct", "only_second_correct", "both_wrong")
     assert sum(compare[k] for k in paired) == 16
+    assert compare["delta_top1_ci95"] >= 0
 
 
 def test_eval_checkpoint_human_output(workspace):

@@ -18,6 +18,7 @@ from nerncompress.report import (
     artifact_report,
     checkpoint_report,
     compare_results,
+    paired_delta_ci95,
     environment_report,
     fit_summary,
     is_nern_file,
@@ -183,6 +184,19 @@ def test_compare_results_paired_counts():
     assert result["only_first_correct"] == 1
     assert result["only_second_correct"] == 1
     assert result["both_wrong"] == 1
+    # b = c = 1 of n = 5: variance (2 - 0) / 25, half-width 1.96 * sqrt(2) / 5 * 100 points.
+    assert result["delta_top1_ci95"] == pytest.approx(1.96 * math.sqrt(2) / 5 * 100)
+
+
+def test_paired_delta_interval_comes_from_the_discordant_images():
+    # 95% agreement on 1,000 images, 30 vs 20 discordant: +-1.4 points, as the docstring says.
+    assert paired_delta_ci95(30, 20, 1000) == pytest.approx(1.96 * math.sqrt(50 - 100 / 1000) / 1000 * 100)
+    assert 1.3 < paired_delta_ci95(30, 20, 1000) < 1.45
+    # Ten times the images with the same shares: the interval shrinks by sqrt(10).
+    assert paired_delta_ci95(300, 200, 10000) == pytest.approx(paired_delta_ci95(30, 20, 1000) / math.sqrt(10), rel=1e-3)
+    assert paired_delta_ci95(0, 0, 1000) == 0.0  # identical predictions: no noise
+    assert paired_delta_ci95(5, 0, 5) == 0.0  # every image discordant one way: the difference is certain
+    assert paired_delta_ci95(0, 0, 0) == 0.0
 
 
 def test_environment_report():

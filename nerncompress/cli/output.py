@@ -395,7 +395,8 @@ def render_eval(console: Console, data: Mapping[str, Any]) -> None:
             ("compared with", compare["model"]),
             ("its top-1", f"{compare['top1']:.2f}%"),
             ("agreement", f"{compare['agreement']:.2f}%"),
-            ("paired delta", f"{compare['delta_top1']:+.2f} points (only this right: {compare['only_first_correct']},"
+            ("paired delta", f"{compare['delta_top1']:+.2f} ± {compare['delta_top1_ci95']:.2f} points (95% interval;"
+                             f" only this right: {compare['only_first_correct']},"
                              f" only the other right: {compare['only_second_correct']})"),
         ]
     console.print(key_value_table("eval", rows))

@@ -18,10 +18,10 @@ from nerncompress.report import (
     artifact_report,
     checkpoint_report,
     compare_results,
-    paired_delta_ci95,
     environment_report,
     fit_summary,
     is_nern_file,
+    paired_delta_ci95,
     read_safetensors_header,
     source_provenance,
 )
@@ -193,7 +193,8 @@ def test_paired_delta_interval_comes_from_the_discordant_images():
     assert paired_delta_ci95(30, 20, 1000) == pytest.approx(1.96 * math.sqrt(50 - 100 / 1000) / 1000 * 100)
     assert 1.3 < paired_delta_ci95(30, 20, 1000) < 1.45
     # Ten times the images with the same shares: the interval shrinks by sqrt(10).
-    assert paired_delta_ci95(300, 200, 10000) == pytest.approx(paired_delta_ci95(30, 20, 1000) / math.sqrt(10), rel=1e-3)
+    ten_times = paired_delta_ci95(300, 200, 10000)
+    assert ten_times == pytest.approx(paired_delta_ci95(30, 20, 1000) / math.sqrt(10), rel=1e-3)
     assert paired_delta_ci95(0, 0, 1000) == 0.0  # identical predictions: no noise
     assert paired_delta_ci95(5, 0, 5) == 0.0  # every image discordant one way: the difference is certain
     assert paired_delta_ci95(0, 0, 0) == 0.0

@@ -136,6 +136,13 @@ def test_eval_nern_and_compare_with_checkpoint(workspace):
     assert compare["delta_top1_ci95"] >= 0
 
 
+def test_eval_compare_human_output_shows_the_interval(workspace):
+    result = invoke("eval", workspace["nern"], "--data", workspace["data"], "--compare", workspace["checkpoint"])
+    assert result.exit_code == 0, result.stderr
+    assert "95% interval" in result.stdout
+    assert "±" in result.stdout
+
+
 def test_eval_checkpoint_human_output(workspace):
     result = invoke("eval", workspace["checkpoint"], "--data", workspace["data"], "--preset", "cifar10")
     assert result.exit_code == 0, result.stderr

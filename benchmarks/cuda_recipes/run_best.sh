@@ -9,16 +9,16 @@
 # Every command stops DEADLINE s after the start at the latest; the files made by then are packed into
 # OUT/files.tar (a run returns few files), the per-command times into OUT/steps.txt.
 # Usage: run_best.sh OUT DEVICE DEADLINE FIT KD56 KD20 SEED...
+# with .gpudata (G) holding both checkpoints, the two CIFAR-10 training files and train_kd90.npz.
 # On the lent H100 (`run_best.sh OUT cuda 548 12000 3000 3000 0 1 2 3`) the crowded pruning missed the deadline;
 # CUDA.md gives the two commands that made the pruned files after it.
-# with .gpudata (G) holding both checkpoints, the two CIFAR-10 training files and train_kd90.npz.
 set -uo pipefail
 O=$1; DEV=$2; DEADLINE=$3; FIT=$4; KD56=$5; KD20=$6; shift 6
 G=${G:-.gpudata}; NC=${NC:-python3 -m nerncompress}; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 Q8_STEPS=${Q8_STEPS:---qat-iters 2000 --kd-iters 1000}
 P50_STEPS=${P50_STEPS:---finetune-iters 4000 --kd-iters 3000}
 PQ8_STEPS=${PQ8_STEPS:---qat-iters 500 --kd-iters 300}
-TRAIN="--data $G/train2000_lossless.npz --data $G/train5000_jpeg.npz"
+TRAIN="--data $G/train2000_lossless.npz --data $G/train5000_jpeg.npz"; KD90="--data $G/train_kd90.npz"
 R56=$G/resnet56-4bfd9763.th; R20=$G/resnet20-12fca82f.th; F=$O/files; END=$((SECONDS + DEADLINE))
 mkdir -p "$F"
 
@@ -33,12 +33,11 @@ run() {  # run NAME CMD...: one command with the time left, its JSON and stderr 
 r56() {
   run r56_fit $NC fit $R56 --hidden 280 --iters "$FIT" -o "$F/r56_fit.nern" || return
   run r56 $NC distill "$F/r56_fit.nern" --teacher $R56 $TRAIN --iters "$KD56" --eval-every 250 -o "$F/r56.nern" || return
-  run r56_q8 $NC quantize "$F/r56.nern" --bits 8 --group-size 32 $Q8_STEPS --data $G/train_kd90.npz \
-    -o "$F/r56_q8.nern" &
+  run r56_q8 $NC quantize "$F/r56.nern" --bits 8 --group-size 32 $Q8_STEPS $KD90 -o "$F/r56_q8.nern" &
   run r56_p50 $NC prune "$F/r56.nern" --sparsity 0.5 $P50_STEPS --kd-lr 3e-5 --teacher $R56 \
-    --data $G/train_kd90.npz -o "$F/r56_p50.nern" &&
+    $KD90 -o "$F/r56_p50.nern" &&
     run r56_p50_q8 $NC quantize "$F/r56_p50.nern" --bits 8 --group-size 32 --raw-fp16 $PQ8_STEPS \
-      --data $G/train_kd90.npz -o "$F/r56_p50_q8.nern"
+      $KD90 -o "$F/r56_p50_q8.nern"
   wait
 }
 

@@ -8,7 +8,7 @@
 # r20_sN: ResNet-20 h=180, fit FIT + distill KD20 steps with feature-map distillation (weight 1), seed N.
 # Every command stops DEADLINE s after the start at the latest; the files made by then are packed into
 # OUT/files.tar (a run returns few files), the per-command times into OUT/steps.txt.
-# Usage: run_best.sh OUT DEVICE DEADLINE FIT KD56 KD20 SEED...
+# Usage: run_best.sh OUT DEVICE DEADLINE FIT KD56 KD20 SEED...   (WITH_R56=0: the ResNet-20 seeds alone)
 # with .gpudata (G) holding both checkpoints, the two CIFAR-10 training files and train_kd90.npz.
 # On the lent H100 (`run_best.sh OUT cuda 548 12000 3000 3000 0 1 2 3`) the crowded pruning missed the deadline;
 # CUDA.md gives the two commands that made the pruned files after it.
@@ -47,7 +47,7 @@ r20() {  # r20 SEED
     --fmd-weight 1 --seed "$1" -o "$F/r20_s$1.nern"
 }
 
-r56 &
+if [ "${WITH_R56:-1}" = 1 ]; then r56 & fi
 for seed in "$@"; do r20 "$seed" & done
 wait
 rm -f "$F"/*_fit.nern  # the distilled files are the ones evaluated

@@ -54,6 +54,8 @@ class DistillConfig:
             moved by one signed-gradient step towards where student and teacher differ most.
         probe_eps: largest probe step, in units of 1/255 of the pixel range (each image draws U(0, eps)).
         holdout: share of the training images held out to select the best step (never the test set).
+        holdout_seed: seed of that split. Kept apart from ``seed`` so that runs with different seeds hold out the
+            same images and their held-out agreements can be compared (to keep the best of several seeds).
         eval_every: steps between holdout evaluations (0 = only at the end).
         noise_low, noise_high: range of the uniform noise images of data-free distillation.
         precision: auto | bf16 | fp32 autocast of the training forward passes (see ``FitConfig``).
@@ -77,6 +79,7 @@ class DistillConfig:
     probe_fraction: float = 0.0
     probe_eps: float = 8.0
     holdout: float = 0.1
+    holdout_seed: int = 0
     eval_every: int = 100
     noise_low: float = -2.0
     noise_high: float = 2.0
@@ -229,7 +232,7 @@ def train_with_teacher(
     generator = torch.Generator().manual_seed(config.seed)
     holdout_x = None
     if data is not None and config.holdout > 0 and len(data) >= 20:
-        data, holdout = split_holdout(data, fraction=config.holdout, seed=config.seed)
+        data, holdout = split_holdout(data, fraction=config.holdout, seed=config.holdout_seed)
         holdout_x = to_float(holdout.images, mean=mean, std=std).to(device)
     teacher = teacher.to(device).eval()
     student = student_model(nern, device)

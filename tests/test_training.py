@@ -121,6 +121,29 @@ def test_kd_gradients_reach_the_predictor():
     assert all(p.grad is None for p in student.parameters())
 
 
+def test_distill_holds_out_the_same_images_whatever_the_seed(monkeypatch):
+    """Runs with different --seed must hold out the same images, or their held-out agreements do not compare."""
+    import nerncompress.distillation as distillation_module
+
+    held_out = []
+    real_split = distillation_module.split_holdout
+
+    def recording_split(data, *, fraction, seed):
+        train, hold = real_split(data, fraction=fraction, seed=seed)
+        held_out.append(hold.images)
+        return train, hold
+
+    monkeypatch.setattr(distillation_module, "split_holdout", recording_split)
+    state_dict = tiny_resnet_state_dict()
+    teacher = build_model(tiny_fit(state_dict, iters=1).arch, state_dict)
+    data = ImageData(torch.randint(0, 256, (60, 32, 32, 3), dtype=torch.uint8), torch.arange(60) % 10, "random")
+    for seed, holdout_seed in [(0, 0), (7, 0), (0, 1)]:
+        config = DistillConfig(iters=1, batch_size=8, holdout=0.2, seed=seed, holdout_seed=holdout_seed)
+        distill(tiny_fit(state_dict, iters=1), teacher, data, config, device="cpu")
+    assert torch.equal(held_out[0], held_out[1])
+    assert not torch.equal(held_out[0], held_out[2])
+
+
 @pytest.mark.parametrize(
     "options",
     [

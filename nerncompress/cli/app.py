@@ -74,6 +74,7 @@ from .options import (
     GroupSizeOpt,
     HiddenOpt,
     HoldoutOpt,
+    HoldoutSeedOpt,
     ImageBatchOpt,
     ImageStepBatchOpt,
     ItersOpt,
@@ -400,6 +401,7 @@ def distill_command(
     probe_fraction: ProbeFractionOpt = DISTILL_DEFAULTS.probe_fraction,
     probe_eps: ProbeEpsOpt = DISTILL_DEFAULTS.probe_eps,
     holdout: HoldoutOpt = DISTILL_DEFAULTS.holdout,
+    holdout_seed: HoldoutSeedOpt = DISTILL_DEFAULTS.holdout_seed,
     eval_every: EvalEveryOpt = DISTILL_DEFAULTS.eval_every,
     seed: SeedOpt = DISTILL_DEFAULTS.seed,
     device: DeviceOpt = "auto",
@@ -433,7 +435,7 @@ def distill_command(
     config = distillation.DistillConfig(
         iters=iters, lr=lr, batch_size=batch_size, temperature=temperature, kd_loss=kd_loss, mix=mix,
         mix_fraction=mix_fraction, fmd_weight=fmd_weight, probe_fraction=probe_fraction, probe_eps=probe_eps,
-        holdout=holdout, eval_every=eval_every, seed=seed,
+        holdout=holdout, holdout_seed=holdout_seed, eval_every=eval_every, seed=seed,
     )  # fmt: skip
     nern = load_artifact(nern_path)
     distillation.check_distillable(nern)  # before loading the teacher and the data

@@ -285,6 +285,14 @@ HoldoutOpt = Annotated[
         rich_help_panel=TRAINING,
     ),
 ]
+HoldoutSeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--holdout-seed",
+        help="Seed of the holdout split; independent of --seed, so runs with different seeds hold out the same images.",
+        rich_help_panel=TRAINING,
+    ),
+]
 EvalEveryOpt = Annotated[
     int,
     typer.Option(

@@ -138,3 +138,27 @@ def evaluate(
     predictions = logits.argmax(dim=1).to(torch.int64)
     correct = int((predictions == data.labels.cpu()).sum().item())
     return EvalResult(top1=100.0 * correct / len(data), count=len(data), predictions=predictions)
+
+
+def most_faithful(candidates: Sequence[EvalResult], reference: EvalResult) -> tuple[int, list[float]]:
+    """Which candidate agrees most with a reference model on the same images.
+
+    Used to keep the best of several runs (e.g. seeds): the images must be ones no candidate trained on, such as
+    distill's held-out share of the training data, never the test set.
+
+    Args:
+        candidates: one result per candidate, all on the reference's images.
+        reference: the result of the model the candidates should reproduce.
+
+    Returns:
+        ``(index, agreements)``: the index of the most faithful candidate (the first one on ties) and every
+        candidate's agreement in percent, in the order given.
+
+    Raises:
+        ValueError: for no candidates, or results on different numbers of images.
+    """
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    agreements = [candidate.agreement(reference) for candidate in candidates]
+    return agreements.index(max(agreements)), agreements
+

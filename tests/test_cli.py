@@ -156,6 +156,63 @@ def test_eval_missing_data_exits_1(workspace, tmp_path):
     assert_one_line_error(result, 1)
 
 
+# ------------------------------------------------------------------------------------------------------ select
+def test_select_keeps_the_most_faithful_candidate_and_copies_it(workspace, tmp_path):
+    # The reference itself agrees 100% with the reference: it must win from any position, over the fitted .nern.
+    data = write_random_images(tmp_path / "train.npz", 40, seed=3)
+    for candidates, winner in [((workspace["nern"], workspace["checkpoint"]), 1), ((workspace["checkpoint"], workspace["nern"]), 0)]:
+        out = tmp_path / f"best{winner}"
+        result = invoke("select", *candidates, "--reference", workspace["checkpoint"], "--data", data, "-o", out, "--json")
+        assert result.exit_code == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["images"] == 4  # distill's held-out 10% of 40 images
+        assert summary["selected_index"] == winner and summary["selected"] == str(candidates[winner])
+        assert summary["candidates"][winner]["agreement"] == 100.0
+        assert out.read_bytes() == Path(candidates[winner]).read_bytes()
+
+
+def test_select_scores_distills_holdout_or_every_image(workspace, tmp_path):
+    """--holdout and --holdout-seed pick the images distill held out; --holdout 0 scores them all."""
+    from nerncompress.data import load_data, split_holdout
+
+    data = write_random_images(tmp_path / "train.npz", 40, seed=3)
+    args = ("select", workspace["nern"], workspace["nern"], "--reference", workspace["checkpoint"], "--data", data)
+    every = json.loads(invoke(*args, "--holdout", "0", "-o", tmp_path / "a", "--json").stdout)
+    assert every["images"] == 40 and every["selected_index"] == 0  # a tie keeps the first
+    held = json.loads(invoke(*args, "--holdout", "0.5", "--holdout-seed", "4", "-o", tmp_path / "b", "--json").stdout)
+    assert held["images"] == 20
+    human = invoke(*args, "-o", tmp_path / "c")
+    assert human.exit_code == 0 and "selected" in human.stdout and "agreement" in human.stdout
+    assert "[holdout part]" in " ".join(human.stdout.split())  # printed as text, not taken for rich markup
+    # the same images as split_holdout gives distill: compare through the reference's own predictions
+    hold = split_holdout(load_data(data, split="train"), fraction=0.5, seed=4)[1]
+    assert held["data"] == hold.source
+
+
+@pytest.mark.parametrize(
+    "extra, code",
+    [
+        (["--data", "noise"], 2),  # no real images to score on
+        (["--data", "missing.npz"], 1),
+    ],
+)
+def test_select_refuses_bad_input_without_writing(workspace, tmp_path, extra, code):
+    out = tmp_path / "best.nern"
+    result = invoke("select", workspace["nern"], workspace["checkpoint"], "--reference", workspace["checkpoint"],
+                    *extra, "-o", out)  # fmt: skip
+    assert_one_line_error(result, code)
+    assert not out.exists()
+
+
+def test_select_needs_two_candidates_and_a_new_output(workspace, tmp_path):
+    data = write_random_images(tmp_path / "train.npz", 20)
+    one = invoke("select", workspace["nern"], "--reference", workspace["checkpoint"], "--data", data, "-o", tmp_path / "x")
+    assert_one_line_error(one, 2)
+    over = invoke("select", workspace["nern"], workspace["checkpoint"], "--reference", workspace["checkpoint"],
+                  "--data", data, "-o", workspace["nern"])  # fmt: skip
+    assert_one_line_error(over, 2)
+
+
 # ----------------------------------------------------------------------------------------------------- inspect
 def test_inspect_nern_prints_ratios_and_tables(workspace):
     result = invoke("inspect", workspace["nern"])

@@ -8,7 +8,7 @@ from torch import nn
 
 from nerncompress.data import ImageData
 from nerncompress.errors import DataError, UsageError
-from nerncompress.evaluation import EvalResult, evaluate, predict_logits
+from nerncompress.evaluation import EvalResult, evaluate, most_faithful, predict_logits
 
 NUM_CLASSES = 4
 NONE = {"mean": (0.0,), "std": (1.0,)}  # the "none" preset: pixels arrive as value / 255
@@ -88,3 +88,16 @@ def test_agreement_between_two_evaluations() -> None:
     second = evaluate(FirstPixelClassifier(), other, **NONE, device="cpu")
     assert first.top1 == 100.0 and second.top1 == pytest.approx(60.0)
     assert first.agreement(second) == pytest.approx(60.0)
+
+
+def test_most_faithful_prefers_agreement_then_the_first_given():
+    def result(*predictions):
+        return EvalResult(top1=0.0, count=len(predictions), predictions=torch.tensor(predictions))
+
+    reference = result(0, 1, 2, 3)
+    best, agreements = most_faithful([result(0, 1, 0, 0), result(0, 1, 2, 0), result(9, 1, 2, 3)], reference)
+    assert best == 1 and agreements == [50.0, 75.0, 75.0]
+    with pytest.raises(ValueError):
+        most_faithful([], reference)
+    with pytest.raises(ValueError):
+        most_faithful([result(0, 1)], reference)

@@ -11,6 +11,7 @@ in ``report.py`` if it needs figures, and hand it to ``Output.result`` with a re
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -23,14 +24,14 @@ from torch import nn
 from typer.core import TyperGroup
 
 from .. import __version__, distillation, training
-from .._io import check_output_path, check_writable_folder, sha256_file
+from .._io import atomic_path, check_output_path, check_writable_folder, sha256_file
 from ..artifact import load_artifact, save_artifact
 from ..checkpoint import check_finite, load_checkpoint, normalize_state_dict
 from ..compression import PruneConfig, QuantizeConfig, compress
-from ..data import ImageData, concat_data, load_data, preset_stats, to_float
+from ..data import ImageData, concat_data, load_data, preset_stats, split_holdout, to_float
 from ..demo import DEMO_FIT, DEMO_TRAIN_EPOCHS, run_demo
 from ..errors import UsageError
-from ..evaluation import evaluate
+from ..evaluation import evaluate, most_faithful
 from ..expand import check_shapes, expand_model, export
 from ..models.registry import ArchSpec, build_model, check_arch, resolve_arch
 from ..report import (
@@ -122,6 +123,8 @@ from .options import (
     ScopeOpt,
     SeedOpt,
     SparsityOpt,
+    SelectDataOpt,
+    SelectHoldoutOpt,
     SplitOpt,
     TeacherArchOpt,
     TeacherOpt,
@@ -722,6 +725,81 @@ def eval_command(
         paired = compare_results(result, other, dataset.labels)
         summary["compare"] = {"model": str(compare), "top1": other.top1, **paired}
     out.result(summary, output.render_eval)
+
+
+# ---------------------------------------------------------------------------------------------------- select
+@app.command(
+    "select",
+    epilog=_examples(
+        "nerncompress select s0.nern s1.nern s2.nern --reference resnet20.th "
+        "--data train2000.npz --data train5000.npz -o best.nern",
+        "nerncompress select a.nern b.nern --reference resnet20.th --data heldout.npz --holdout 0 --json",
+    ),
+)
+def select_command(
+    candidates: Annotated[list[Path], typer.Argument(help="Two or more .nern files or checkpoints to choose among.")],
+    reference: Annotated[
+        Path, typer.Option("--reference", help="The model the candidates should reproduce (usually the original).")
+    ],
+    data: SelectDataOpt,
+    output_path: Annotated[Path, typer.Option("--output", "-o", help="Where to copy the selected file.")],
+    holdout: SelectHoldoutOpt = DISTILL_DEFAULTS.holdout,
+    holdout_seed: HoldoutSeedOpt = DISTILL_DEFAULTS.holdout_seed,
+    split: DataSplitOpt = "train",
+    arch: ArchOpt = None,
+    device: RunDeviceOpt = "auto",
+    batch_size: ImageBatchOpt = 500,
+    threads: RunThreadsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Keep the candidate that agrees most with the reference on held-out training images (the first on ties).
+
+    For the best of several runs (e.g. seeds): give the --data that distill was given, and only the share it held
+    out is scored (the same split for every seed). Never select on test images. The selected file is copied to -o.
+    """
+    out = output.Output(json_output)
+    _set_threads(threads)
+    if len(candidates) < 2:
+        raise UsageError("select needs two or more candidates")
+    if "noise" in data:
+        raise UsageError("select scores on real images: --data noise cannot be used")
+    target = _check_output(output_path, *candidates, reference)
+    dataset = _load_datasets(data, split)
+    if holdout > 0:
+        dataset = split_holdout(dataset, fraction=holdout, seed=holdout_seed)[1]
+    reference_model, reference_spec = _load_model(
+        reference, arch=arch, trust_pickle=trust_pickle, device=device, trust_code=trust_code
+    )
+    _check_images(reference_model, dataset, reference_spec.preset)
+    out.log(f"scoring {len(candidates)} candidates on {dataset.source} ({len(dataset)} images)")
+    mean, std = preset_stats(reference_spec.preset)
+    reference_result = evaluate(reference_model, dataset, mean=mean, std=std, device=device, batch_size=batch_size)
+    results = []
+    for path in candidates:
+        model, spec = _load_model(path, arch=arch, trust_pickle=trust_pickle, device=device, trust_code=trust_code)
+        mean, std = preset_stats(spec.preset)
+        results.append(evaluate(model, dataset, mean=mean, std=std, device=device, batch_size=batch_size))
+    try:
+        best, agreements = most_faithful(results, reference_result)
+    except ValueError as exc:  # candidates with a different number of outputs than the reference
+        raise UsageError(str(exc)) from None
+    with atomic_path(target) as tmp:
+        shutil.copyfile(candidates[best], tmp)
+    summary = {
+        "reference": str(reference),
+        "data": dataset.source,
+        "images": len(dataset),
+        "candidates": [
+            {"path": str(path), "agreement": agreement, "top1": result.top1}
+            for path, agreement, result in zip(candidates, agreements, results)
+        ],
+        "selected": str(candidates[best]),
+        "selected_index": best,
+        "output": str(target),
+    }
+    out.result(summary, output.render_select)
 
 
 # --------------------------------------------------------------------------------------------------- inspect

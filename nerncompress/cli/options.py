@@ -317,6 +317,23 @@ CompareOpt = Annotated[
     Path | None,
     typer.Option("--compare", help="A second checkpoint or .nern: report agreement and the paired top-1 delta."),
 ]
+SelectDataOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--data",
+        help="Images to score on, given as to distill (repeatable); only their held-out share (--holdout) is used.",
+    ),
+]
+SelectHoldoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--holdout",
+        min=0.0,
+        max=0.99,
+        help="Score on the share of --data that distill holds out with the same --holdout and --holdout-seed "
+        "(0: on every image of --data, for a file of images no candidate trained on).",
+    ),
+]
 OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (ONNX output only).")]
 VerifyOpt = Annotated[
     bool,

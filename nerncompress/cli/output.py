@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -245,7 +246,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    return str(value)
+    return escape(str(value))  # a path or a data source like "x.npz[holdout part]" is text, not rich markup
 
 
 # -------------------------------------------------------------------------------------------------- renderers
@@ -400,6 +401,21 @@ def render_eval(console: Console, data: Mapping[str, Any]) -> None:
                              f" only the other right: {compare['only_second_correct']})"),
         ]
     console.print(key_value_table("eval", rows))
+
+
+def render_select(console: Console, data: Mapping[str, Any]) -> None:
+    """Result of ``nerncompress select``."""
+    table = Table(
+        title=escape(f"agreement with {data['reference']} on {data['data']} ({data['images']:,} images)"),
+        title_justify="left", title_style="bold",
+    )  # fmt: skip
+    for column in ("candidate", "agreement", "top-1", ""):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for index, row in enumerate(data["candidates"]):
+        mark = "selected" if index == data["selected_index"] else ""
+        table.add_row(escape(row["path"]), f"{row['agreement']:.2f}%", f"{row['top1']:.2f}%", mark)
+    console.print(table)
+    console.print(escape(f"copied {data['selected']} to {data['output']}"))
 
 
 def _render_layers(console: Console, layers: Sequence[Mapping[str, Any]]) -> None:

@@ -765,7 +765,7 @@ def select_command(
         raise UsageError("select needs two or more candidates")
     if "noise" in data:
         raise UsageError("select scores on real images: --data noise cannot be used")
-    target = _check_output(output_path, *candidates, reference)
+    target = _check_output(output_path, *candidates, reference, *data)
     dataset = _load_datasets(data, split)
     if holdout > 0:
         dataset = split_holdout(dataset, fraction=holdout, seed=holdout_seed)[1]

@@ -113,3 +113,26 @@ def test_the_long_recipes_run_only_when_named():
     assert stages["decoupled, long, fmd"]["fit"]["iters"] == stages["decoupled, long"]["fit"]["iters"] == 12000
     assert stages["decoupled, long, fmd"]["distill"]["fmd_weight"] == 1.0
     assert "fmd_weight" not in stages["decoupled, long"]["distill"]
+
+
+def test_seeds_table_marks_the_selected_seed_of_each_pair(tmp_path):
+    import subprocess
+
+    import seeds_table
+
+    def write(name, data):
+        (tmp_path / name).write_text(json.dumps(data))
+
+    for seed, agreement in [(4, 97.4), (5, 97.3)]:
+        write(f"fit_s{seed}.json", {"seconds": 400.2})
+        write(f"kd_s{seed}.json", {"seconds": 1190.0, "selected_step": 1400, "holdout_agreement": agreement})
+        for test, delta in [("test1000_lossless", -0.1), ("test10k_jpeg", 0.25)]:
+            compare = {"agreement": 95.5, "delta_top1": delta, "delta_top1_ci95": 0.4}
+            write(f"eval_kd_s{seed}_{test}.json", {"top1": 91.4, "compare": compare})
+    write("select_s4_s5.json", {"selected": str(tmp_path / "kd_s4.nern")})
+    lines = seeds_table.rows(tmp_path)
+    assert len(lines) == 4
+    assert lines[2].startswith("| **4** | 400 + 1190 | 1,400 | 97.40% | 91.4 (-0.1 +- 0.40) | 95.5% | 95.50% (+0.25")
+    assert lines[3].startswith("| 5 |")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "r20_seeds.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

@@ -25,7 +25,7 @@ from nerncompress.training import FitConfig, fit
 ROOT = Path(__file__).resolve().parents[1]
 FIT = ["--hidden", "8", "--batch-size", "64", "--device", "cpu", "--seed", "5"]
 DISTILL = ["--iters", "9", "--batch-size", "4", "--lr", "0.2", "--holdout", "0.25", "--eval-every", "2",
-           "--device", "cpu", "--seed", "2"]  # fmt: skip
+           "--device", "cpu", "--seed", "2", "--holdout-seed", "2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

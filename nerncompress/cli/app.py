@@ -122,9 +122,9 @@ from .options import (
     Scope,
     ScopeOpt,
     SeedOpt,
-    SparsityOpt,
     SelectDataOpt,
     SelectHoldoutOpt,
+    SparsityOpt,
     SplitOpt,
     TeacherArchOpt,
     TeacherOpt,
@@ -781,10 +781,7 @@ def select_command(
         model, spec = _load_model(path, arch=arch, trust_pickle=trust_pickle, device=device, trust_code=trust_code)
         mean, std = preset_stats(spec.preset)
         results.append(evaluate(model, dataset, mean=mean, std=std, device=device, batch_size=batch_size))
-    try:
-        best, agreements = most_faithful(results, reference_result)
-    except ValueError as exc:  # candidates with a different number of outputs than the reference
-        raise UsageError(str(exc)) from None
+    best, agreements = most_faithful(results, reference_result)
     with atomic_path(target) as tmp:
         shutil.copyfile(candidates[best], tmp)
     summary = {

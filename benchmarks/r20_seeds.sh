@@ -8,17 +8,17 @@
 #   1,500 steps with feature-map distillation, on THREADS (default 1) threads; run two of these side by side on a
 #   2-core machine. OUT gets fit_sN.nern, kd_sN.nern, their --json results, select_A_B.json and eval_*.json.
 #   STAGE=train (fit and distill only) or STAGE=score (select and evaluate only) splits the two halves;
-#   FIT_ITERS and KD_ITERS (default 12000 and 1500) shorten a smoke test.
+#   FIT_ITERS and KD_ITERS (default 12000 and 1500) shorten a smoke test; HIDDEN (default 180) sets the width.
 set -euo pipefail
 D=$1; O=$2; shift 2
 NC=${NC:-nerncompress}; THREADS=${THREADS:-1}; STAGE=${STAGE:-all}
-FIT_ITERS=${FIT_ITERS:-12000}; KD_ITERS=${KD_ITERS:-1500}
+FIT_ITERS=${FIT_ITERS:-12000}; KD_ITERS=${KD_ITERS:-1500}; HIDDEN=${HIDDEN:-180}
 R20=$D/resnet20-12fca82f.th; TRAIN=(--data "$D/train2000_lossless.npz" --data "$D/train5000_jpeg.npz")
 mkdir -p "$O"
 
 if [ "$STAGE" != score ]; then
   for s in "$@"; do
-    $NC fit "$R20" --hidden 180 --iters "$FIT_ITERS" --seed "$s" --threads "$THREADS" -o "$O/fit_s$s.nern" --json \
+    $NC fit "$R20" --hidden "$HIDDEN" --iters "$FIT_ITERS" --seed "$s" --threads "$THREADS" -o "$O/fit_s$s.nern" --json \
       > "$O/fit_s$s.json"
     $NC distill "$O/fit_s$s.nern" --teacher "$R20" "${TRAIN[@]}" --iters "$KD_ITERS" --eval-every 100 --fmd-weight 1 \
       --seed "$s" --threads "$THREADS" -o "$O/kd_s$s.nern" --json > "$O/kd_s$s.json"

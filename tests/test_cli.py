@@ -184,7 +184,7 @@ def test_select_scores_distills_holdout_or_every_image(workspace, tmp_path):
     human = invoke(*args, "-o", tmp_path / "c")
     assert human.exit_code == 0 and "selected" in human.stdout and "agreement" in human.stdout
     assert "[holdout part]" in " ".join(human.stdout.split())  # printed as text, not taken for rich markup
-    # the same images as split_holdout gives distill: compare through the reference's own predictions
+    # the held-out part of split_holdout, the function distill splits with
     hold = split_holdout(load_data(data, split="train"), fraction=0.5, seed=4)[1]
     assert held["data"] == hold.source
 

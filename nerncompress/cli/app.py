@@ -769,18 +769,14 @@ def select_command(
     dataset = _load_datasets(data, split)
     if holdout > 0:
         dataset = split_holdout(dataset, fraction=holdout, seed=holdout_seed)[1]
-    reference_model, reference_spec = _load_model(
-        reference, arch=arch, trust_pickle=trust_pickle, device=device, trust_code=trust_code
-    )
-    _check_images(reference_model, dataset, reference_spec.preset)
     out.log(f"scoring {len(candidates)} candidates on {dataset.source} ({len(dataset)} images)")
-    mean, std = preset_stats(reference_spec.preset)
-    reference_result = evaluate(reference_model, dataset, mean=mean, std=std, device=device, batch_size=batch_size)
     results = []
-    for path in candidates:
+    for path in (reference, *candidates):  # each model normalises the images with its own preset
         model, spec = _load_model(path, arch=arch, trust_pickle=trust_pickle, device=device, trust_code=trust_code)
+        _check_images(model, dataset, spec.preset)
         mean, std = preset_stats(spec.preset)
         results.append(evaluate(model, dataset, mean=mean, std=std, device=device, batch_size=batch_size))
+    reference_result, *results = results
     best, agreements = most_faithful(results, reference_result)
     with atomic_path(target) as tmp:
         shutil.copyfile(candidates[best], tmp)

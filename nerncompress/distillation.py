@@ -7,8 +7,10 @@ gradients of KD (and FMD) flow through those weights into the predictor's parame
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,6 +59,10 @@ class DistillConfig:
         holdout_seed: seed of that split. Kept apart from ``seed`` so that runs with different seeds hold out the
             same images and their held-out agreements can be compared (to keep the best of several seeds).
         eval_every: steps between holdout evaluations (0 = only at the end).
+        ema_decay: keep an exponential moving average of the predictor's weights with this decay per step (0 = off;
+            e.g. 0.998 averages over about the last 500 steps). The average, not the raw weights, is then what the
+            holdout scores and what is written: KD at a small learning rate wanders around a plateau, and an average
+            of nearby points of that walk is a steadier end point than any one of them.
         noise_low, noise_high: range of the uniform noise images of data-free distillation.
         precision: auto | bf16 | fp32 autocast of the training forward passes (see ``FitConfig``).
         seed: seeds batch order, augmentation and noise.
@@ -81,6 +87,7 @@ class DistillConfig:
     holdout: float = 0.1
     holdout_seed: int = 0
     eval_every: int = 100
+    ema_decay: float = 0.0
     noise_low: float = -2.0
     noise_high: float = 2.0
     precision: str = "auto"
@@ -110,6 +117,8 @@ class DistillConfig:
             raise UsageError("loss weights must be >= 0")
         if not 0.0 <= self.holdout < 1.0:
             raise UsageError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UsageError(f"--ema must be in [0, 1), got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as they will in the artifact
@@ -196,6 +205,34 @@ def disagreement_probes(
     return (x + step * gradient.sign()).detach()
 
 
+def _copy_state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@torch.no_grad()
+def update_average(average: dict[str, Tensor], module: nn.Module, decay: float) -> None:
+    """One step of an exponential moving average: ``average = decay * average + (1 - decay) * weights``."""
+    for key, value in module.state_dict().items():
+        if value.is_floating_point():
+            average[key].lerp_(value, 1.0 - decay)
+        else:
+            average[key].copy_(value)
+
+
+@contextlib.contextmanager
+def weights_swapped(module: nn.Module, state: dict[str, Tensor] | None) -> Iterator[None]:
+    """Run the block with ``state`` loaded into ``module``, then put its own weights back (None: no swap)."""
+    if state is None:
+        yield
+        return
+    own = _copy_state(module)
+    module.load_state_dict(state)
+    try:
+        yield
+    finally:
+        module.load_state_dict(own)
+
+
 @torch.no_grad()
 def _holdout_score(student, regenerate, holdout_x: Tensor, teacher_predictions: Tensor, batch: int = 500):
     weights = regenerate()
@@ -253,12 +290,13 @@ def train_with_teacher(
             teacher_holdout = torch.cat([teacher(holdout_x[i : i + 500]).argmax(1) for i in range(0, len(holdout_x), 500)])
     resumed = checkpointer.restore(predictor, optimizer, generator) if checkpointer is not None else None
     if resumed is not None:
-        best, best_state = resumed.best, resumed.best_predictor
+        best, best_state, average = resumed.best, resumed.best_predictor, resumed.average
     else:
         best = {"step": 0, "holdout_agreement": None}
         if teacher_holdout is not None:
             best["holdout_agreement"] = _holdout_score(student, regenerate, holdout_x, teacher_holdout)
-        best_state = {k: v.detach().clone() for k, v in predictor.state_dict().items()}
+        best_state = _copy_state(predictor)
+        average = _copy_state(predictor) if config.ema_decay > 0 else None
     probe_step = (config.probe_eps / 255.0) / torch.tensor([std])  # largest step per channel, normalised units
     metrics: dict[str, float] = {}
     for step in range(resumed.step if resumed is not None else 0, config.iters):
@@ -294,6 +332,8 @@ def train_with_teacher(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            update_average(average, predictor, config.ema_decay)
         done = step + 1
         if on_step is not None and (step % log_every == 0 or done == config.iters):
             metrics = {"loss": float(loss.detach()), "kd": float(loss_kd.detach()), "lr": lr}
@@ -302,19 +342,24 @@ def train_with_teacher(
             done == config.iters or (config.eval_every and done % config.eval_every == 0)
         ):
             predictor.eval()
-            score = _holdout_score(student, regenerate, holdout_x, teacher_holdout)
-            if score >= best["holdout_agreement"]:
-                best = {"step": done, "holdout_agreement": score}
-                best_state = {k: v.detach().clone() for k, v in predictor.state_dict().items()}
+            with weights_swapped(predictor, average):  # the average is what would be written
+                score = _holdout_score(student, regenerate, holdout_x, teacher_holdout)
+                if score >= best["holdout_agreement"]:
+                    best = {"step": done, "holdout_agreement": score}
+                    best_state = _copy_state(predictor)
         if checkpointer is not None:  # last in the step: a snapshot sees the state an uninterrupted run goes on from
             checkpointer.step_done(
                 done, config.iters,
-                lambda: LoopState.capture(done, predictor, optimizer, generator, best=best, best_predictor=best_state),
+                lambda: LoopState.capture(
+                    done, predictor, optimizer, generator, best=best, best_predictor=best_state, average=average
+                ),
             )  # fmt: skip
     if teacher_holdout is not None:
         predictor.load_state_dict(best_state)
     else:
         best = {"step": config.iters, "holdout_agreement": None}
+        if average is not None:
+            predictor.load_state_dict(average)
     predictor.eval().cpu()
     return {"final_loss": float(loss.detach()), "selected_step": best["step"], "holdout_agreement": best["holdout_agreement"]}
 

@@ -9,6 +9,7 @@ A snapshot is a ``<output>.resume`` file next to the output: one safetensors con
     round_start/<param>        the predictor that started the current round (fit --rounds > 1)
     positions/<layer>          the kernels' positions, when the loop moves them (fit's re-assignment)
     round_start_positions/<layer>  and the positions the current round started from
+    average/<param>            the moving average of the predictor's weights (distill --ema)
 
 and, in ``__metadata__`` (JSON strings), the step, the round, the optimiser's param groups, the best-so-far record,
 the history of completed rounds and a fingerprint of the run (stage, config, inputs) that ``--resume`` must match.
@@ -70,6 +71,7 @@ class LoopState:
         best: best-so-far record of a loop with model selection ({"step", "holdout_agreement"}), else None.
         best_predictor: the predictor state of ``best``.
         positions: the kernels' positions of a loop that moves them (fit's re-assignment), else None.
+        average: the moving average of the predictor's weights of a loop that keeps one (distill's EMA), else None.
     """
 
     step: int
@@ -80,6 +82,7 @@ class LoopState:
     best: dict[str, Any] | None = None
     best_predictor: dict[str, Tensor] | None = None
     positions: dict[str, Tensor] | None = None
+    average: dict[str, Tensor] | None = None
 
     @classmethod
     def capture(
@@ -92,6 +95,7 @@ class LoopState:
         best: dict[str, Any] | None = None,
         best_predictor: dict[str, Tensor] | None = None,
         positions: dict[str, Tensor] | None = None,
+        average: dict[str, Tensor] | None = None,
     ) -> LoopState:
         """The loop's state after ``step`` steps (references, not copies: save it before the next step)."""
         return cls(
@@ -103,6 +107,7 @@ class LoopState:
             best=dict(best) if best is not None else None,
             best_predictor=best_predictor,
             positions=dict(positions) if positions is not None else None,
+            average=average,
         )
 
     def restore(self, predictor: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
@@ -142,6 +147,7 @@ def write_snapshot(snapshot: Snapshot, path: PathLike) -> None:
     tensors.update({f"best/{k}": v for k, v in (loop.best_predictor or {}).items()})
     tensors.update({f"round_start/{k}": v for k, v in (snapshot.round_start or {}).items()})
     tensors.update({f"positions/{k}": v for k, v in (loop.positions or {}).items()})
+    tensors.update({f"average/{k}": v for k, v in (loop.average or {}).items()})
     tensors.update({f"round_start_positions/{k}": v for k, v in (snapshot.round_start_positions or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {
@@ -201,6 +207,7 @@ def read_snapshot(path: PathLike) -> Snapshot:
             best=json.loads(meta["best"]),
             best_predictor=_group(tensors, "best/") if has_best else None,
             positions=_group(tensors, "positions/") or None,
+            average=_group(tensors, "average/") or None,
         )
         return Snapshot(
             fingerprint=json.loads(meta["fingerprint"]),

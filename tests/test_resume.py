@@ -115,6 +115,17 @@ def test_distill_with_best_so_far_resumes_to_the_same_bytes(ws, tmp_path, monkey
     assert resumed == (tmp_path / "reference.nern").read_bytes()
 
 
+def test_distill_with_a_weight_average_resumes_to_the_same_bytes(ws, tmp_path, monkeypatch):
+    argv = ["distill", ws["nern"], "--teacher", ws["checkpoint"], "--data", ws["data"], *DISTILL, "--ema", "0.5"]
+    plain = invoke(*argv[:-2], "-o", tmp_path / "plain.nern")
+    reference = invoke(*argv, "-o", tmp_path / "reference.nern")
+    assert plain.exit_code == 0 and reference.exit_code == 0, reference.stderr
+    # The average is part of the loop's state: a resumed run that lost it would score and write other weights.
+    resumed = interrupted_then_resumed(monkeypatch, argv, tmp_path / "resumed.nern", call=5, signum=signal.SIGINT)
+    assert resumed == (tmp_path / "reference.nern").read_bytes()
+    assert resumed != (tmp_path / "plain.nern").read_bytes()
+
+
 def test_periodic_snapshots_bound_the_loss_of_a_crash(tmp_path, monkeypatch):
     state_dict = tiny_resnet_state_dict()
     config = FitConfig(hidden=8, iters=20, batch_size=64)

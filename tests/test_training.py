@@ -10,7 +10,15 @@ from nerncompress.data import ImageData
 from nerncompress.errors import UsageError
 from nerncompress.expand import expand_state_dict
 from nerncompress.models import build_model
-from nerncompress.distillation import DistillConfig, _Regenerator, disagreement_probes, distill, student_model
+from nerncompress.distillation import (
+    DistillConfig,
+    _Regenerator,
+    disagreement_probes,
+    distill,
+    student_model,
+    update_average,
+    weights_swapped,
+)
 from nerncompress.optim import lr_at
 from nerncompress.reconstruction import reconstruction_error
 from nerncompress.training import FitConfig
@@ -188,6 +196,51 @@ def test_distill_reconstruction_term_holds_the_predictor_to_its_targets():
     assert to_self["self"] < to_self["kd only"]  # None: held to the weights it regenerated before distilling
 
 
+def test_update_average_is_an_exponential_moving_average_and_swapping_restores_the_weights():
+    layer = torch.nn.Linear(3, 2)
+    start = {k: v.clone() for k, v in layer.state_dict().items()}
+    average = {k: v.clone() for k, v in start.items()}
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    update_average(average, layer, 0.75)
+    update_average(average, layer, 0.75)
+    # two steps at the moved weights: the start keeps 0.75^2 of the weight
+    assert torch.allclose(average["weight"], 0.5625 * start["weight"] + 0.4375 * (start["weight"] + 1.0))
+    moved = {k: v.clone() for k, v in layer.state_dict().items()}
+    with weights_swapped(layer, average):
+        assert torch.equal(layer.weight, average["weight"])
+    assert all(torch.equal(layer.state_dict()[k], moved[k]) for k in moved)
+
+
+@pytest.mark.parametrize("holdout", [0.0, 0.2])
+def test_distill_with_ema_writes_the_average_of_its_trajectory(monkeypatch, holdout: float):
+    """The predictor written is the moving average of the weights after every step, not the last raw weights."""
+    import nerncompress.distillation as distillation_module
+
+    trajectory = []
+    real_update = distillation_module.update_average
+
+    def recording_update(average, module, decay):
+        trajectory.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+        real_update(average, module, decay)
+
+    monkeypatch.setattr(distillation_module, "update_average", recording_update)
+    state_dict = tiny_resnet_state_dict()
+    nern = tiny_fit(state_dict, iters=10)
+    expected = {k: v.clone() for k, v in nern.predictor.state_dict().items()}
+    teacher = build_model(nern.arch, state_dict)
+    data = ImageData(torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8), torch.randint(0, 10, (40,)), "random")
+    config = DistillConfig(iters=6, lr=1e-2, batch_size=8, holdout=holdout, eval_every=0, ema_decay=0.6)
+    distill(nern, teacher, data, config, device="cpu")
+    assert len(trajectory) == 6
+    for weights in trajectory:
+        expected = {k: 0.6 * v + 0.4 * weights[k] for k, v in expected.items()}
+    assert nern.history[-1]["selected_step"] == 6  # with a holdout: the average at the end beat the start
+    written = nern.predictor.state_dict()
+    assert all(torch.allclose(written[k], v, atol=1e-6) for k, v in expected.items())
+    assert any(not torch.allclose(written[k], v) for k, v in trajectory[-1].items())  # not the last raw weights
+
+
 def test_data_free_distill_runs_on_noise():
     state_dict = tiny_resnet_state_dict()
     nern = tiny_fit(state_dict, iters=5)
@@ -224,6 +277,8 @@ def test_logit_mse_loss_ignores_a_shift_and_is_zero_only_at_equal_logits() -> No
         ("mix_fraction", 1.5, "--mix-fraction"),
         ("probe_fraction", -0.1, "--probe-fraction"),
         ("probe_eps", 0.0, "--probe-eps"),
+        ("ema_decay", 1.0, "--ema"),
+        ("ema_decay", -0.5, "--ema"),
     ],
 )
 def test_distill_config_rejects_unknown_kd_options(option: str, value, fragment: str) -> None:

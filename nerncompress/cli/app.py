@@ -67,6 +67,7 @@ from .options import (
     DeviceOpt,
     DistillDataOpt,
     DistillFmdOpt,
+    EmaOpt,
     EvalEveryOpt,
     FinetuneItersOpt,
     FinetuneLrOpt,
@@ -406,6 +407,7 @@ def distill_command(
     holdout: HoldoutOpt = DISTILL_DEFAULTS.holdout,
     holdout_seed: HoldoutSeedOpt = DISTILL_DEFAULTS.holdout_seed,
     eval_every: EvalEveryOpt = DISTILL_DEFAULTS.eval_every,
+    ema: EmaOpt = DISTILL_DEFAULTS.ema_decay,
     seed: SeedOpt = DISTILL_DEFAULTS.seed,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -438,7 +440,7 @@ def distill_command(
     config = distillation.DistillConfig(
         iters=iters, lr=lr, batch_size=batch_size, temperature=temperature, kd_loss=kd_loss, mix=mix,
         mix_fraction=mix_fraction, fmd_weight=fmd_weight, probe_fraction=probe_fraction, probe_eps=probe_eps,
-        holdout=holdout, holdout_seed=holdout_seed, eval_every=eval_every, seed=seed,
+        holdout=holdout, holdout_seed=holdout_seed, eval_every=eval_every, ema_decay=ema, seed=seed,
     )  # fmt: skip
     nern = load_artifact(nern_path)
     distillation.check_distillable(nern)  # before loading the teacher and the data

@@ -293,6 +293,15 @@ HoldoutSeedOpt = Annotated[
         rich_help_panel=TRAINING,
     ),
 ]
+EmaOpt = Annotated[
+    float,
+    typer.Option(
+        "--ema",
+        help="Decay per step of a moving average of the predictor's weights, which is then scored on the holdout "
+        "and written (0: off; 0.998 averages over about the last 500 steps).",
+        rich_help_panel=TRAINING,
+    ),
+]
 EvalEveryOpt = Annotated[
     int,
     typer.Option(

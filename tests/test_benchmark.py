@@ -136,3 +136,23 @@ def test_seeds_table_marks_the_selected_seed_of_each_pair(tmp_path):
     assert lines[3].startswith("| 5 |")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "r20_seeds.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_seeds_table_pairs_two_arms_of_the_same_fits_and_judges_the_target(tmp_path):
+    import seeds_table
+
+    def write(name, data):
+        (tmp_path / name).write_text(json.dumps(data))
+
+    # seed 1: plain misses the agreement part, the average meets both; seed 2: the average misses top-1 at -0.4
+    figures = {(1, "kd"): (-0.1, 94.9), (1, "ema"): (-0.3, 95.3), (2, "kd"): (0.0, 95.5), (2, "ema"): (-0.4, 95.9)}
+    for (seed, arm), (delta, agreement) in figures.items():
+        write(f"{arm}_s{seed}.json", {"selected_step": 3000, "holdout_agreement": 98.0})
+        write(f"eval_{arm}_s{seed}_test1000_lossless.json", {"compare": {"delta_top1": delta}})
+        write(f"eval_{arm}_s{seed}_test10k_jpeg.json", {"compare": {"agreement": agreement}})
+    write("kd_s3.json", {"selected_step": 1, "holdout_agreement": 1.0})  # no second arm: left out
+    lines = seeds_table.paired_rows(tmp_path, "kd", "ema")
+    assert len(lines) == 5
+    assert lines[2] == "| 1 | 3,000 / 3,000 | 98.00 / 98.00% | -0.1 / -0.3 | 94.90 / 95.30% | +0.40 | no / yes |"
+    assert lines[3].endswith("| 95.50 / 95.90% | +0.40 | yes / no |")
+    assert lines[4].startswith("| mean of 2 | | 98.00 / 98.00% | -0.05 / -0.35 | 95.20 / 95.60% | +0.40 |")

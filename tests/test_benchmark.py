@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from helpers import tiny_resnet_state_dict
@@ -127,15 +128,31 @@ def test_seeds_table_marks_the_selected_seed_of_each_pair(tmp_path):
         write(f"fit_s{seed}.json", {"seconds": 400.2})
         write(f"kd_s{seed}.json", {"seconds": 1190.0, "selected_step": 1400, "holdout_agreement": agreement})
         for test, delta in [("test1000_lossless", -0.1), ("test10k_jpeg", 0.25)]:
-            compare = {"agreement": 95.5, "delta_top1": delta, "delta_top1_ci95": 0.4}
+            compare = {"agreement": 95.5, "delta_top1": delta, "delta_top1_ci95": 0.4, "count": 1000,
+                       "only_first_correct": 2, "only_second_correct": 2}  # fmt: skip
             write(f"eval_kd_s{seed}_{test}.json", {"top1": 91.4, "compare": compare})
     write("select_s4_s5.json", {"selected": str(tmp_path / "kd_s4.nern")})
     lines = seeds_table.rows(tmp_path)
     assert len(lines) == 4
     assert lines[2].startswith("| **4** | 400 + 1190 | 1,400 | 97.40% | 91.4 (-0.1 +- 0.40) | 95.5% | 95.50% (+0.25")
-    assert lines[3].startswith("| 5 |")
+    assert lines[3].startswith("| 5 |") and lines[3].endswith("| 94% |")  # 4 discordant images: 15 of 16 pass
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "r20_seeds.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_chance_without_loss_counts_the_ways_the_discordant_images_can_fall():
+    import seeds_table
+
+    def chance(first, second, count=1000):
+        return seeds_table.chance_without_loss(
+            {"only_first_correct": first, "only_second_correct": second, "count": count}
+        )
+
+    assert chance(0, 0) == 1.0  # identical predictions: the delta is 0
+    assert chance(1, 3) == chance(2, 2) == 15 / 16  # only 4 wins of 4 for the original (a -0.4 delta) fail
+    assert chance(10, 10) == pytest.approx(0.7483, abs=1e-4)  # 20 images: the original may win by at most 3
+    assert chance(10, 10, count=10000) == 1.0  # 0.3 points of 10,000 images is 30: 20 discordant cannot fail
+    assert chance(50, 50) < chance(10, 10)  # more disagreement, less chance to confirm a fine target
 
 
 def test_seeds_table_pairs_two_arms_of_the_same_fits_and_judges_the_target(tmp_path):

@@ -22,13 +22,8 @@ TRAIN="--data $G/train2000_lossless.npz --data $G/train5000_jpeg.npz"; KD90="--d
 R56=$G/resnet56-4bfd9763.th; R20=$G/resnet20-12fca82f.th; F=$O/files; END=$((SECONDS + DEADLINE))
 mkdir -p "$F"
 
-run() {  # run NAME CMD...: one command with the time left, its JSON and stderr kept; fails when the command does
-  local name=$1 start=$SECONDS left=$((END - SECONDS)); shift
-  if [ "$left" -le 5 ]; then echo "$name skipped: deadline" >> "$O/steps.txt"; return 1; fi
-  # shellcheck disable=SC2068  # the command is a word list
-  timeout "$left" $@ --device "$DEV" --json > "$F/$name.json" 2> "$F/$name.err"; local rc=$?
-  echo "$name rc=$rc $((SECONDS - start)) s" >> "$O/steps.txt"; return $rc
-}
+# shellcheck source=_deadline.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_deadline.sh"  # run NAME CMD...
 
 r56() {
   run r56_fit $NC fit $R56 --hidden 280 --iters "$FIT" -o "$F/r56_fit.nern" || return

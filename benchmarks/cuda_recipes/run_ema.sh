@@ -13,13 +13,8 @@ TRAIN="--data $G/train2000_lossless.npz --data $G/train5000_jpeg.npz"
 R20=$G/resnet20-12fca82f.th; F=$O/files; END=$((SECONDS + DEADLINE))
 mkdir -p "$F"
 
-run() {  # run NAME CMD...: one command with the time left, its JSON and stderr kept; fails when the command does
-  local name=$1 start=$SECONDS left=$((END - SECONDS)); shift
-  if [ "$left" -le 5 ]; then echo "$name skipped: deadline" >> "$O/steps.txt"; return 1; fi
-  # shellcheck disable=SC2068  # the command is a word list
-  timeout "$left" $@ --device "$DEV" --json > "$F/$name.json" 2> "$F/$name.err"; local rc=$?
-  echo "$name rc=$rc $((SECONDS - start)) s" >> "$O/steps.txt"; return $rc
-}
+# shellcheck source=_deadline.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_deadline.sh"  # run NAME CMD...
 
 seed() {  # seed N
   run "fit_s$1" $NC fit $R20 --hidden 180 --iters "$FIT" --seed "$1" -o "$F/fit_s$1.nern" || return

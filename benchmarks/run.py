@@ -33,11 +33,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import baselines  # noqa: E402
 
 from nerncompress.artifact import load_artifact, save_artifact  # noqa: E402
-from nerncompress.checkpoint import load_checkpoint, normalize_state_dict  # noqa: E402
+from nerncompress.checkpoint import load_checkpoint  # noqa: E402
 from nerncompress.compression import PruneConfig, QuantizeConfig, compress  # noqa: E402
 from nerncompress.data import ImageData, concat_data, load_data, preset_stats  # noqa: E402
 from nerncompress.evaluation import evaluate  # noqa: E402
-from nerncompress.expand import export, fp32_reference_bytes  # noqa: E402
+from nerncompress.exporter import export  # noqa: E402
+from nerncompress.nern import fp32_reference_bytes  # noqa: E402
 from nerncompress.models import build_model, resolve_arch  # noqa: E402
 from nerncompress.safetensors_io import save_safetensors  # noqa: E402
 from nerncompress.distillation import DistillConfig, distill  # noqa: E402
@@ -161,7 +162,7 @@ def _training_data(data_dir: Path) -> ImageData:
 def _run_recipe(args: dict[str, Any]) -> dict[str, Any]:
     """Child process: run one recipe's stages and save the artifact."""
     torch.set_num_threads(args["threads"])
-    state_dict = normalize_state_dict(load_checkpoint(args["checkpoint"]))
+    state_dict = load_checkpoint(args["checkpoint"])
     stages_seconds: dict[str, float] = {}
     nern = load_artifact(args["start_from"]) if args.get("start_from") else None
     for stage, options in args["stages"]:
@@ -175,7 +176,7 @@ def _run_recipe(args: dict[str, Any]) -> dict[str, Any]:
             data_spec = options.pop("data", "train")
             data = None if data_spec == "noise" else _training_data(Path(args["data_dir"]))
             teacher_path = args.get("teacher") or args["checkpoint"]
-            teacher_sd = normalize_state_dict(load_checkpoint(teacher_path))
+            teacher_sd = load_checkpoint(teacher_path)
             teacher = build_model(resolve_arch(None, teacher_sd), teacher_sd)
             nern = distill(nern, teacher, data, DistillConfig(seed=args["seed"], **options), device="cpu")
         elif stage in ("quantize", "prune"):
@@ -249,7 +250,7 @@ def benchmark_model(
     torch.set_num_threads(threads)
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
-    state_dict = normalize_state_dict(load_checkpoint(case.checkpoint))
+    state_dict = load_checkpoint(case.checkpoint)
     arch = resolve_arch(None, state_dict)
     mean, std = preset_stats(arch.preset)
     lossless = load_data(data_dir / "cifar10" / "test1000_lossless.npz")

@@ -7,6 +7,9 @@ The public API, imported lazily so that ``import nerncompress`` stays cheap::
     nern = distill(nern, teacher_model, load_data("train.npz", split="train"))
     save_artifact(nern, "resnet20.nern")
     export(load_artifact("resnet20.nern"), "resnet20.onnx")
+
+The jobs (``run_fit``, ``run_eval``, ...) do what the CLI's commands do, from paths, with every input checked
+first; the CLI imports nothing else.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _EXPORTS = {
+    # checkpoints and architectures
     "load_checkpoint": "checkpoint",
     "normalize_state_dict": "checkpoint",
     "ArchSpec": "models.registry",
@@ -25,22 +29,60 @@ _EXPORTS = {
     "build_model": "models.registry",
     "list_archs": "models.registry",
     "register_arch": "models.registry",
+    # the representation
+    "Nern": "nern",
+    "expand": "nern",
+    "expand_state_dict": "nern",
+    "expand_model": "nern",
+    "PERMUTATIONS": "permutations",
+    # fitting, distillation, compression
     "FitConfig": "training",
-    "DistillConfig": "distillation",
+    "SCHEMES": "training",
     "fit": "training",
+    "DistillConfig": "distillation",
+    "KD_LOSSES": "distillation",
     "distill": "distillation",
     "compress": "compression",
     "PruneConfig": "compression",
     "QuantizeConfig": "compression",
-    "Nern": "nern",
+    "BITS": "quantization",
+    "ROUNDINGS": "compression",
+    "PRUNE_METHODS": "compression",
+    "PRUNE_SCOPES": "compression",
+    "PRUNE_SCHEDULES": "compression",
+    "DEFAULT_EVERY_STEPS": "resume",
+    "DEFAULT_EVERY_SECONDS": "resume",
+    # files
     "save_artifact": "artifact",
     "load_artifact": "artifact",
     "read_metadata": "artifact",
-    "expand": "expand",
-    "expand_model": "expand",
-    "export": "expand",
+    "is_nern_file": "artifact",
+    "export": "exporter",
+    # data and evaluation
     "load_data": "data",
+    "MIX_METHODS": "data",
     "evaluate": "evaluation",
+    "AccuracyGate": "evaluation",
+    "enforce_gate": "evaluation",
+    # jobs: what each command does
+    "load_model": "jobs",
+    "load_datasets": "jobs",
+    "run_fit": "jobs",
+    "run_distill": "jobs",
+    "run_compress": "jobs",
+    "run_expand": "jobs",
+    "run_eval": "jobs",
+    "run_select": "jobs",
+    "run_inspect": "jobs",
+    "run_demo": "demo",
+    "DEMO_FIT": "demo",
+    "DEMO_TRAIN_EPOCHS": "demo",
+    "environment_report": "report",
+    "resolve_device": "devices",
+    "Reporter": "progress",
+    "StepCallback": "progress",
+    "silent": "progress",
+    # errors
     "NernError": "errors",
     "UsageError": "errors",
     "CheckpointError": "errors",
@@ -48,6 +90,8 @@ _EXPORTS = {
     "ArtifactError": "errors",
     "DataError": "errors",
     "ExportCheckError": "errors",
+    "AccuracyTargetMissed": "errors",
+    "Interrupted": "errors",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -57,7 +101,7 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nerncompress' has no attribute {name!r}")
     module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-    if name == "load_checkpoint":
+    if name in ("load_checkpoint", "detect_arch", "get_arch", "build_model", "list_archs"):
         importlib.import_module(".models", __name__)  # registers the architectures detection relies on
     return getattr(module, name)
 

@@ -138,7 +138,8 @@ def load_checkpoint(path: PathLike, *, trust_pickle: bool = False) -> dict[str, 
 
     Accepts ``.pt`` / ``.pth`` / ``.th`` / ``.bin`` (``torch.save``) files holding a state_dict, either directly or
     under ``state_dict``, ``model_state_dict``, ``model`` or ``ema``; and ``.safetensors`` files (recognised by
-    content too). Keys are returned as stored; see :func:`normalize_state_dict`.
+    content too). Wrapper prefixes are stripped (see :func:`normalize_state_dict`) and every float tensor must be
+    finite (see :func:`check_finite`), so the result is ready for ``fit``.
 
     Args:
         path: the checkpoint file.
@@ -150,7 +151,8 @@ def load_checkpoint(path: PathLike, *, trust_pickle: bool = False) -> dict[str, 
 
     Raises:
         CheckpointError: for a missing path, a directory, an empty, truncated or corrupt file, a pickled module or
-            TorchScript archive without ``trust_pickle``, or contents without tensors or with non-tensor values.
+            TorchScript archive without ``trust_pickle``, contents without tensors or with non-tensor values, keys
+            that collide once their prefixes are stripped, or NaN/Inf values.
     """
     file = Path(path)
     if not file.exists():
@@ -167,7 +169,8 @@ def load_checkpoint(path: PathLike, *, trust_pickle: bool = False) -> dict[str, 
             raw = _load_torch(file, trust_pickle)
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {file}: {_one_line(exc)}") from exc
-    state_dict = _extract(raw, file)
+    state_dict = normalize_state_dict(_extract(raw, file))
+    check_finite(state_dict)
     return {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
 
 

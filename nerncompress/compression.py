@@ -7,8 +7,8 @@ returns a new Nern whose predictor holds exactly the values its artifact stores,
 after ``save_artifact``/``load_artifact`` gives the same numbers.
 
 Which weights survive pruning is ``pruning.py``'s; which grid point each quantized weight takes (GPTQ or learned
-rounding) is ``rounding.py``'s; how the values are stored (``encode_predictor`` / ``decode_predictor``, called by
-``artifact.py``) and the number formats themselves live in ``quantization.py``.
+rounding) is ``rounding.py``'s; the number formats themselves live in ``quantization.py``, and how the values are
+stored in ``artifact``.
 """
 
 from __future__ import annotations
@@ -24,31 +24,31 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import __version__
+from ._version import __version__
+from .artifact import encode_predictor, predictor_bytes
 from .data import ImageData
 from .devices import resolve_device
 from .distillation import DistillConfig, train_with_teacher
 from .errors import UsageError
-from .expand import expand_model, expand_state_dict
 from .models.registry import check_arch
-from .nern import Nern
-from .optim import PRECISIONS, StepCallback
+from .nern import Nern, expand_model, expand_state_dict
+from .optim import PRECISIONS
+from .progress import StepCallback, offset
 from .predictor import Predictor
 from .predictor import linear_layers as _linears
 from .pruning import achieved_sparsity, gradual_masks, magnitude_masks, remove_hidden_units, zero_masks
 from .quantization import (
-    BITS, FLOAT_DTYPES, STATE_VERSION, FakeFP16, FakeQuantize, FixedMask, encode_predictor, predictor_bytes,
-    round_fp16, round_weight,
+    BITS, FLOAT_DTYPES, STATE_VERSION, FakeFP16, FakeQuantize, FixedMask, round_fp16, round_weight,
 )  # fmt: skip
-from .reconstruction import IMPORTANCE, kernel_groups, reconstruction_error
+from .reconstruction import IMPORTANCE, kernel_groups, reconstruction_error, train_reconstruction
 from .rounding import gptq_round_, learned_round_, round_biases_
-from .training import FitConfig, train_reconstruction
+from .training import FitConfig
 
 CONFIG_VERSION = 1
 ROUNDINGS = ("gptq", "learned", "nearest")
-METHODS = ("unstructured", "structured")
-SCOPES = ("global", "layer")
-SCHEDULES = ("oneshot", "gradual")
+PRUNE_METHODS = ("unstructured", "structured")
+PRUNE_SCOPES = ("global", "layer")
+PRUNE_SCHEDULES = ("oneshot", "gradual")
 GRADUAL_UPDATES = 20  # mask updates over the ramp of a gradual schedule
 PRUNE_LR = 1e-2  # a 50%-pruned predictor needs a refit at fit's rate: 1e-3 left ResNet-20 at 15.6% after 2,000 steps
 KD_LR = 1e-5  # distill's measured ceiling: 2e-4 destroys a fitted predictor
@@ -225,14 +225,14 @@ class PruneConfig(_FinetuneConfig):
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown pruning method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.method not in PRUNE_METHODS:
+            raise UsageError(f"unknown pruning method {self.method!r}: choose one of {', '.join(PRUNE_METHODS)}")
         if not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        if self.scope not in SCOPES:
-            raise UsageError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.scope not in PRUNE_SCOPES:
+            raise UsageError(f"unknown scope {self.scope!r}: choose one of {', '.join(PRUNE_SCOPES)}")
+        if self.schedule not in PRUNE_SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(PRUNE_SCHEDULES)}")
         if self.schedule == "gradual" and (self.method != "unstructured" or self.finetune_iters < 1):
             raise UsageError("--schedule gradual needs unstructured pruning and --finetune-iters >= 1")
         if not 0.0 < self.ramp <= 1.0:
@@ -266,7 +266,6 @@ def compress(
     teacher: nn.Module | None = None,
     device: str = "auto",
     on_step: StepCallback | None = None,
-    trust_code: bool = False,
 ) -> Nern:
     """Prune or quantize the predictor of ``nern`` (which is left unchanged) and fine-tune the result.
 
@@ -282,9 +281,6 @@ def compress(
         teacher: KD teacher; None = the network ``nern`` regenerates before compression.
         device: auto | cpu | cuda[:N].
         on_step: progress callback ``(step, total, metrics)`` over both fine-tuning phases.
-        trust_code: build the architecture even when it is a user builder read from a file (its module is
-            imported: trusted files only; see ``registry.check_arch``). Only the KD phase and
-            ``importance="bn"`` build the architecture; without them, no code of the .nern's is ever run.
 
     Returns:
         A new Nern whose predictor holds exactly the values its artifact stores, whose ``compression`` describes
@@ -293,7 +289,7 @@ def compress(
 
     Raises:
         UsageError: an unknown config type, target weights that do not match the represented layers, or an
-            untrusted user builder that the KD phase would have to build.
+            a user builder read from an untrusted file that the KD phase would have to build.
 
     Example:
         >>> nern = compress(compress(nern, PruneConfig(sparsity=0.5)), QuantizeConfig(bits=8))
@@ -301,17 +297,15 @@ def compress(
     if not isinstance(config, (QuantizeConfig, PruneConfig)):
         raise UsageError(f"compress takes a QuantizeConfig or PruneConfig, got {type(config).__name__}")
     if config.kd_iters or config.importance == "bn":  # the only uses of the architecture: refuse before any work
-        check_arch(nern.arch, trust_code=trust_code)
+        check_arch(nern.arch)
     torch_device = resolve_device(device)
     if target_weights is None:
         targets = expand_state_dict(nern, device="cpu")
     else:
         targets = _check_targets(nern, target_weights)
     if config.kd_iters and teacher is None:
-        teacher = expand_model(nern, device="cpu", trust_code=trust_code)
+        teacher = expand_model(nern, device="cpu")
     result = _copy(nern)
-    if trust_code:
-        result.arch = result.arch.trusted()
     before = reconstruction_error(result, targets)
     bytes_before = predictor_bytes(result.predictor, result.compression)
     dense = None  # the unpruned predictor, kept when a gradual schedule starts from it
@@ -336,9 +330,9 @@ def compress(
         errors["gptq"] = _rounded(reconstruction_error(result, targets))
     elif isinstance(config, QuantizeConfig) and config.learned_rounding_steps():
         total = config.rounding_iters + iters + config.kd_iters  # one progress count over all phases
-        metrics.update(_round_learned_(result, config, masks, targets, torch_device, _offset(on_step, 0, total)))
+        metrics.update(_round_learned_(result, config, masks, targets, torch_device, offset(on_step, 0, total)))
         errors["learned"] = _rounded(reconstruction_error(result, targets))
-        on_step = _offset(on_step, config.rounding_iters)
+        on_step = offset(on_step, config.rounding_iters)
     elif not finetune:
         result.predictor = rounded
     if finetune:
@@ -500,7 +494,7 @@ def _finetune(
             )  # fmt: skip
             nern.predictor.to(device)
             result = train_reconstruction(
-                nern, targets, fit_config, device=device, on_step=_offset(on_step, 0, total), before_step=before_step
+                nern, targets, fit_config, device=device, on_step=offset(on_step, 0, total), before_step=before_step
             )
             metrics["recon_final_loss"] = result["final_loss"]
         if config.kd_iters:
@@ -510,7 +504,7 @@ def _finetune(
             )  # fmt: skip
             result = train_with_teacher(
                 nern, teacher, data, distill_config, device=device, target_weights=targets,
-                on_step=_offset(on_step, recon_iters, total),
+                on_step=offset(on_step, recon_iters, total),
             )  # fmt: skip
             metrics.update({f"kd_{key}": value for key, value in result.items()})
     finally:
@@ -536,13 +530,3 @@ def _parametrize_(predictor: nn.Module, state: dict[str, Any], masks: dict[str, 
                 parametrize.register_parametrization(module, "weight", FakeQuantize(spec["bits"], spec["group_size"]))
             if spec["bias_dtype"] == "float16":
                 parametrize.register_parametrization(module, "bias", FakeFP16())
-
-
-def _offset(on_step: StepCallback | None, start: int, total: int | None = None) -> StepCallback | None:
-    """Report a phase's steps after ``start`` steps of earlier ones, out of ``total`` (None: ``start`` + the
-    phase's own total, for a callback that later phases shift again)."""
-    if on_step is None:
-        return None
-    return lambda step, phase_total, metrics: on_step(
-        start + step, start + phase_total if total is None else total, metrics
-    )

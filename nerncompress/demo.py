@@ -1,13 +1,12 @@
 """The embedded demo: train a small CNN on scikit-learn's digits, compress it, expand it, compare before and after.
 
 Needs no outside files: the digits ship with scikit-learn. ``run_demo`` is what ``nerncompress demo`` runs; it
-returns a plain dict and reports progress only through the ``log`` and ``on_step`` callables it is given.
+returns a plain dict and reports progress only through the ``Reporter`` it is given.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,12 @@ from .artifact import save_artifact
 from .data import ImageData, iterate_batches, load_data, preset_stats
 from .devices import resolve_device
 from .evaluation import evaluate
-from .expand import expand_model, export
-from .models import get_arch
-from .models.registry import ArchSpec, build_model
+from .exporter import export
+from .models.registry import ArchSpec, build_model, get_arch
+from .nern import expand_model
+from .progress import Reporter, silent
 from .report import artifact_report
 from .safetensors_io import save_safetensors
-from .optim import StepCallback
 from .training import FitConfig, fit
 
 __all__ = ["DEMO_ARCH", "DEMO_FIT", "DEMO_TRAIN_EPOCHS", "run_demo", "train_digits_model"]
@@ -97,8 +96,7 @@ def run_demo(
     seed: int = 0,
     device: str = "auto",
     threads: int | None = 1,
-    on_step: StepCallback | None = None,
-    log: Callable[[str], None] | None = None,
+    reporter: Reporter = silent,
 ) -> dict[str, Any]:
     """Train, compress, expand and evaluate the digits CNN; write every file into ``workdir``.
 
@@ -115,8 +113,7 @@ def run_demo(
         threads: torch CPU threads while the demo runs (restored afterwards); None keeps torch's setting. One is
             the default because the demo's matrices are tiny: more threads gain nothing, and on a busy machine
             threads competing for cores made training and fitting 10-15x slower (measured on 2 shared cores).
-        on_step: progress of the fit, as for :func:`nerncompress.training.fit`.
-        log: receives one line per stage.
+        reporter: one log line per stage, and the fit's progress.
 
     Returns:
         ``files`` (paths), ``data``, ``original`` and ``expanded`` (test top-1 in percent, bytes of the fp32
@@ -135,7 +132,7 @@ def run_demo(
     try:
         return _run_demo(
             Path(workdir), hidden=hidden, iters=iters, train_epochs=train_epochs, seed=seed, device=device,
-            on_step=on_step, log=log or (lambda _message: None),
+            reporter=reporter,
         )  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
@@ -149,8 +146,7 @@ def _run_demo(
     train_epochs: int,
     seed: int,
     device: str,
-    on_step: StepCallback | None,
-    log: Callable[[str], None],
+    reporter: Reporter,
 ) -> dict[str, Any]:
     started_all = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,7 +158,7 @@ def _run_demo(
     }
     timings: dict[str, float] = {}
 
-    log("training the digits CNN on scikit-learn's digits (train split)")
+    reporter.log("training the digits CNN on scikit-learn's digits (train split)")
     started = time.perf_counter()
     state_dict = train_digits_model(epochs=train_epochs, seed=seed, device=device)
     timings["train"] = time.perf_counter() - started
@@ -173,21 +169,22 @@ def _run_demo(
         metadata={"format": "pt"},
     )
 
-    log(f"fitting a predictor (hidden {hidden}, {iters} steps)")
+    reporter.log(f"fitting a predictor (hidden {hidden}, {iters} steps)")
     config = replace(DEMO_FIT, hidden=hidden, iters=iters, seed=seed)
     started = time.perf_counter()
-    nern = fit(
-        state_dict,
-        config,
-        arch=DEMO_ARCH,
-        device=device,
-        on_step=on_step,
-        source={"file": files["original"].name, "note": "nerncompress demo"},
-    )
+    with reporter.phase("fit", total=config.iters) as on_step:
+        nern = fit(
+            state_dict,
+            config,
+            arch=DEMO_ARCH,
+            device=device,
+            on_step=on_step,
+            source={"file": files["original"].name, "note": "nerncompress demo"},
+        )
     timings["fit"] = time.perf_counter() - started
     save_artifact(nern, files["nern"])
 
-    log("expanding to .safetensors and .onnx")
+    reporter.log("expanding to .safetensors and .onnx")
     started = time.perf_counter()
     export(nern, files["safetensors"], device=device)
     timings["expand_safetensors"] = time.perf_counter() - started
@@ -195,7 +192,7 @@ def _run_demo(
     onnx_report = export(nern, files["onnx"], device=device, verify=True)
     timings["expand_onnx"] = time.perf_counter() - started
 
-    log("evaluating original and expanded models on the digits test split")
+    reporter.log("evaluating original and expanded models on the digits test split")
     started = time.perf_counter()
     test = load_data("digits", split="test")
     mean, std = preset_stats(DEMO_PRESET)

@@ -18,14 +18,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from . import __version__
+from ._version import __version__
 from .data import MIX_METHODS, ImageData, augment_batch, mix_batch, noise_batch, preset_stats, split_holdout, to_float
 from .devices import resolve_device
 from .errors import UsageError
 from .losses import capture_features, feature_map_loss, feature_taps, kd_loss, logit_mse_loss
 from .models.registry import build_model, check_arch
-from .nern import Nern
-from .optim import StepCallback, lr_at, use_bf16
+from .nern import Nern, expand_state_dict
+from .optim import lr_at, use_bf16
+from .progress import StepCallback
 from .reconstruction import kernel_groups, sampled_recon_loss
 from .resume import Checkpointer, LoopState
 
@@ -154,8 +155,6 @@ class _Regenerator:
 
 def student_model(nern: Nern, device: torch.device) -> nn.Module:
     """The architecture holding the Nern's raw tensors, frozen; represented weights are supplied per call."""
-    from .expand import expand_state_dict  # local: expand depends on onnx export, not needed by fit
-
     model = build_model(nern.arch, expand_state_dict(nern, device="cpu")).to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -234,14 +233,23 @@ def weights_swapped(module: nn.Module, state: dict[str, Tensor] | None) -> Itera
 
 
 @torch.no_grad()
-def _holdout_score(student, regenerate, holdout_x: Tensor, teacher_predictions: Tensor, batch: int = 500):
+def _holdout_predictions(student, regenerate, holdout_x: Tensor, batch: int = 500) -> Tensor:
     weights = regenerate()
     predictions = []
     for start in range(0, holdout_x.shape[0], batch):
         logits = functional_call(student, weights, (holdout_x[start : start + batch],), strict=False)
         predictions.append(logits.argmax(dim=1))
-    predicted = torch.cat(predictions)
+    return torch.cat(predictions)
+
+
+def _holdout_score(student, regenerate, holdout_x: Tensor, teacher_predictions: Tensor) -> float:
+    """Percent of held-out images on which the student predicts the teacher's class."""
+    predicted = _holdout_predictions(student, regenerate, holdout_x)
     return 100.0 * float((predicted == teacher_predictions).float().mean())
+
+
+def _top1(predictions: Tensor, labels: Tensor) -> float:
+    return 100.0 * float((predictions.cpu() == labels.cpu()).float().mean())
 
 
 def train_with_teacher(
@@ -267,10 +275,10 @@ def train_with_teacher(
     """
     mean, std = preset_stats(nern.arch.preset)
     generator = torch.Generator().manual_seed(config.seed)
-    holdout_x = None
+    holdout_x = holdout_y = None
     if data is not None and config.holdout > 0 and len(data) >= 20:
         data, holdout = split_holdout(data, fraction=config.holdout, seed=config.holdout_seed)
-        holdout_x = to_float(holdout.images, mean=mean, std=std).to(device)
+        holdout_x, holdout_y = to_float(holdout.images, mean=mean, std=std).to(device), holdout.labels
     teacher = teacher.to(device).eval()
     student = student_model(nern, device)
     predictor = nern.predictor.to(device)
@@ -354,14 +362,21 @@ def train_with_teacher(
                     done, predictor, optimizer, generator, best=best, best_predictor=best_state, average=average
                 ),
             )  # fmt: skip
+    figures: dict[str, Any] = {"holdout_top1": None, "holdout_teacher_top1": None}
     if teacher_holdout is not None:
         predictor.load_state_dict(best_state)
+        predictor.eval()
+        figures["holdout_top1"] = _top1(_holdout_predictions(student, regenerate, holdout_x), holdout_y)
+        figures["holdout_teacher_top1"] = _top1(teacher_holdout, holdout_y)
     else:
         best = {"step": config.iters, "holdout_agreement": None}
         if average is not None:
             predictor.load_state_dict(average)
     predictor.eval().cpu()
-    return {"final_loss": float(loss.detach()), "selected_step": best["step"], "holdout_agreement": best["holdout_agreement"]}
+    return {
+        "final_loss": float(loss.detach()), "selected_step": best["step"],
+        "holdout_agreement": best["holdout_agreement"], **figures,
+    }  # fmt: skip
 
 
 def distill(
@@ -374,7 +389,6 @@ def distill(
     on_step: StepCallback | None = None,
     teacher_source: dict | None = None,
     checkpointer: Checkpointer | None = None,
-    trust_code: bool = False,
     target_weights: dict[str, Tensor] | None = None,
 ) -> Nern:
     """Decoupled distillation: fine-tune the predictor so the regenerated network matches a teacher's outputs.
@@ -391,8 +405,6 @@ def distill(
         teacher_source: provenance of the teacher recorded in the history.
         checkpointer: saves the loop's progress periodically and on SIGINT/SIGTERM, and resumes a saved run
             (see ``resume.py``); None trains without snapshots.
-        trust_code: build the .nern's architecture even when it is a user builder read from a file (its module is
-            imported: trusted files only; see ``registry.check_arch``).
         target_weights: conv weights the reconstruction term (``config.recon_weight > 0``) holds the predictor
             to, e.g. the original checkpoint's; None = the weights it regenerates before distillation.
 
@@ -400,14 +412,13 @@ def distill(
         The same Nern, its history extended by a ``distill`` record.
 
     Raises:
-        UsageError: a pruned or quantized predictor, an untrusted user builder, or a teacher of another task.
+        UsageError: a pruned or quantized predictor, a user builder read from an untrusted file (see
+            ``registry.check_arch``), or a teacher of another task.
     """
     config = config or DistillConfig()
     torch_device = resolve_device(device)
     check_distillable(nern)
-    check_arch(nern.arch, trust_code=trust_code)
-    if trust_code:
-        nern.arch = nern.arch.trusted()
+    check_arch(nern.arch)
     check_teacher(nern, teacher)
     torch.manual_seed(config.seed)
     if checkpointer is not None:

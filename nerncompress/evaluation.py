@@ -1,16 +1,19 @@
-"""Measuring a classifier on an :class:`~nerncompress.data.ImageData`: logits, top-1 accuracy, agreement."""
+"""Measuring a classifier on an :class:`~nerncompress.data.ImageData`: logits, top-1 accuracy, agreement, and the
+accuracy gate a pipeline can fail on."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .data import ImageData, iterate_batches
 from .devices import resolve_device
-from .errors import DataError, UsageError
+from .errors import AccuracyTargetMissed, DataError, UsageError
+from .progress import StepCallback
 
 
 @dataclass
@@ -58,6 +61,7 @@ def predict_logits(
     std: Sequence[float],
     device: str | torch.device = "auto",
     batch_size: int = 500,
+    on_step: StepCallback | None = None,
 ) -> Tensor:
     """Run a classifier over a dataset, in eval mode and without autograd.
 
@@ -70,13 +74,14 @@ def predict_logits(
         std: per-channel normalisation std.
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a ``torch.device``.
         batch_size: images per forward pass.
+        on_step: progress, called as ``on_step(images done, total, {})`` after every batch.
 
     Returns:
         float32 ``(N, classes)`` logits on the CPU, in dataset order.
 
     Raises:
-        UsageError: for a bad device, batch size or normalisation, or a model whose output is not a
-            ``(B, classes)`` tensor.
+        UsageError: for a bad device, batch size or normalisation, images the model cannot take, or a model whose
+            output is not a ``(B, classes)`` tensor.
         DataError: for an empty dataset.
     """
     if len(data) == 0:
@@ -93,7 +98,7 @@ def predict_logits(
                 try:
                     out = model(x)
                 except RuntimeError as exc:
-                    raise DataError(
+                    raise UsageError(
                         f"{data.source}: the model cannot take images of shape {tuple(x.shape[1:])} "
                         f"({str(exc).splitlines()[0][:120]}): use data of the model's input size"
                     ) from exc
@@ -103,6 +108,9 @@ def predict_logits(
                         f"model returned {got} for a batch of {x.shape[0]}: it must return (batch, classes) logits"
                     )
                 outputs.append(out.float().cpu())
+                if on_step is not None:
+                    done = sum(len(o) for o in outputs)
+                    on_step(done, len(data), {})
     finally:
         model.train(was_training)
     return torch.cat(outputs)
@@ -116,6 +124,7 @@ def evaluate(
     std: Sequence[float],
     device: str | torch.device = "auto",
     batch_size: int = 500,
+    on_step: StepCallback | None = None,
 ) -> EvalResult:
     """Top-1 accuracy of a classifier on a labelled dataset.
 
@@ -126,15 +135,24 @@ def evaluate(
         std: per-channel normalisation std.
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a ``torch.device``.
         batch_size: images per forward pass.
+        on_step: progress, as in :func:`predict_logits`.
 
     Returns:
         :class:`EvalResult` with top-1 in percent, the image count and the int64 ``(N,)`` predictions.
 
     Raises:
-        UsageError: as :func:`predict_logits`.
+        UsageError: as :func:`predict_logits`, and labels beyond the classes the model predicts (data of another
+            task: its top-1 would be meaningless).
         DataError: for an empty dataset.
     """
-    logits = predict_logits(model, data, mean=mean, std=std, device=device, batch_size=batch_size)
+    logits = predict_logits(model, data, mean=mean, std=std, device=device, batch_size=batch_size, on_step=on_step)
+    classes = logits.shape[1]
+    highest = int(data.labels.max()) if len(data) else 0
+    if highest >= classes:
+        raise UsageError(
+            f"{data.source} has labels up to {highest} but the model predicts {classes} classes: evaluate it on data "
+            "of its own task"
+        )
     predictions = logits.argmax(dim=1).to(torch.int64)
     correct = int((predictions == data.labels.cpu()).sum().item())
     return EvalResult(top1=100.0 * correct / len(data), count=len(data), predictions=predictions)
@@ -162,3 +180,72 @@ def most_faithful(candidates: Sequence[EvalResult], reference: EvalResult) -> tu
     agreements = [candidate.agreement(reference) for candidate in candidates]
     return agreements.index(max(agreements)), agreements
 
+
+
+@dataclass(frozen=True)
+class AccuracyGate:
+    """The fidelity a result must reach against its reference (usually the original model).
+
+    Attributes:
+        min_agreement: least share of images, in percent, on which both predict the same class (None: no bound).
+        max_drop: most top-1 points the result may lose against the reference (None: no bound).
+    """
+
+    min_agreement: float | None = None
+    max_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_agreement is None and self.max_drop is None:
+            raise UsageError("an accuracy gate needs min_agreement or max_drop")
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 100.0:
+            raise UsageError(f"min_agreement is a percentage in [0, 100], got {self.min_agreement}")
+        if self.max_drop is not None and not self.max_drop >= 0.0:
+            raise UsageError(f"max_drop is a number of top-1 points >= 0, got {self.max_drop}")
+
+    def check(self, agreement: float | None, drop: float | None, *, on: str) -> dict[str, Any]:
+        """Judge measured figures.
+
+        Args:
+            agreement: percent of equal predictions; None when not measured.
+            drop: top-1 of the reference minus top-1 of the result, in points (positive = a loss); None when not
+                measured (a bound on an unmeasured figure fails).
+            on: what the figures were measured on, for the message.
+
+        Returns:
+            ``min_agreement``, ``max_drop``, ``agreement``, ``drop``, ``on``, ``passed`` and ``message`` (one line).
+        """
+        missed = []
+        if self.min_agreement is not None and (agreement is None or agreement < self.min_agreement):
+            figure = "not measured" if agreement is None else f"{agreement:.2f}%"
+            missed.append(f"agreement {figure} < {self.min_agreement:g}%")
+        if self.max_drop is not None and (drop is None or drop > self.max_drop):
+            figure = "not measured" if drop is None else f"{drop:.2f} points"
+            missed.append(f"top-1 drop {figure} > {self.max_drop:g}")
+        verdict = "missed" if missed else "met"
+        detail = "; ".join(missed) if missed else _figures(agreement, drop)
+        return {
+            "min_agreement": self.min_agreement,
+            "max_drop": self.max_drop,
+            "agreement": agreement,
+            "drop": drop,
+            "on": on,
+            "passed": not missed,
+            "message": f"accuracy target {verdict} on {on}: {detail}",
+        }
+
+
+def _figures(agreement: float | None, drop: float | None) -> str:
+    parts = [] if agreement is None else [f"agreement {agreement:.2f}%"]
+    parts += [] if drop is None else [f"top-1 drop {drop:.2f} points"]
+    return ", ".join(parts)
+
+
+def enforce_gate(summary: Mapping[str, Any]) -> None:
+    """Raise :class:`AccuracyTargetMissed` when a job's summary holds a gate that did not pass.
+
+    Raises:
+        AccuracyTargetMissed: with the gate's one-line message (the job's output is already written).
+    """
+    gate = summary.get("gate")
+    if gate is not None and not gate["passed"]:
+        raise AccuracyTargetMissed(gate["message"])

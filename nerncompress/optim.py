@@ -1,13 +1,9 @@
-"""What every training loop shares: the progress callback, the learning-rate schedule and the precision."""
+"""What every training loop shares: the learning-rate schedule and the precision."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-
 import torch
-
-StepCallback = Callable[[int, int, dict[str, float]], None]
 
 PRECISIONS = ("auto", "bf16", "fp32")
 

@@ -1,9 +1,12 @@
-"""What reconstruction regresses and how it is measured: kernel groups, per-filter importance, errors."""
+"""Reconstruction: what the predictor regresses (kernel groups, per-filter importance), how it is measured, and the
+flat loop that fits it (``train_reconstruction``), with Adam and a warmup + cosine schedule; no data needed."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -11,7 +14,10 @@ from torch import Tensor
 from .layers import LayerEntry, following_batchnorms
 from .models.registry import get_arch
 from .nern import Nern, normalised_kernels
+from .optim import lr_at, use_bf16
 from .permutations import assign_positions
+from .progress import StepCallback
+from .resume import Checkpointer, LoopState
 
 IMPORTANCE = ("bn", "uniform")
 
@@ -148,3 +154,94 @@ def sampled_recon_loss(nern: Nern, groups: list[KernelGroup], sample: int, gener
         squared_error = error if squared_error is None else squared_error + error
         elements += batch * group.kernel_size**2
     return squared_error / elements
+
+
+class ReconSchedule(Protocol):
+    """The settings the reconstruction loop reads (``training.FitConfig`` has them all)."""
+
+    iters: int
+    lr: float
+    warmup: float
+    final_lr_ratio: float
+    batch_size: int
+    norm_sampling: float
+    importance: str
+    precision: str
+    reassign_every: int
+    seed: int
+
+
+def _reassign_due(step: int, config: ReconSchedule) -> bool:
+    """Re-assignment runs after the warm-up (an untrained predictor's outputs say nothing) and stops at 95% of the
+    steps, so that the predictor ends by fitting the positions it is stored with."""
+    every = config.reassign_every
+    return every > 0 and step > 0 and step % every == 0 and config.warmup * config.iters <= step <= 0.95 * config.iters
+
+
+def train_reconstruction(
+    nern: Nern,
+    weights: dict[str, Tensor],
+    config: ReconSchedule,
+    *,
+    device: torch.device,
+    on_step: StepCallback | None = None,
+    log_every: int = 50,
+    checkpointer: Checkpointer | None = None,
+    before_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """The reconstruction loop: sample kernels, regress, step; every ``config.reassign_every`` steps, move kernels
+    to the positions that fit them best. Returns the final training loss.
+    ``before_step(step)``, when given, runs first in every step (e.g. to update pruning masks)."""
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    optimizer = torch.optim.Adam(nern.predictor.parameters(), lr=config.lr)
+    predictor = nern.predictor.train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(config.precision, device))
+    resumed = checkpointer.restore(predictor, optimizer, generator) if checkpointer is not None else None
+    if resumed is not None and resumed.positions is not None:
+        nern.positions.update(resumed.positions)
+    groups = kernel_groups(nern, weights, device, config.importance)
+    total_kernels = sum(g.targets.shape[0] for g in groups)
+    # Only crossfilter positions are stored as a free permutation; infilter's keep each filter's kernels together
+    # and none stores no positions, so re-assignment would be lost in the file.
+    moves_positions = config.reassign_every > 0 and nern.permute == "crossfilter"
+    for step in range(resumed.step if resumed is not None else 0, config.iters):
+        if before_step is not None:
+            before_step(step)
+        if moves_positions and _reassign_due(step, config):
+            reassign_positions(nern, groups)
+        lr = lr_at(step, total=config.iters, peak=config.lr, warmup=config.warmup, final_ratio=config.final_lr_ratio)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+        by_norm = float(torch.rand((), generator=generator)) < config.norm_sampling
+        squared_error = torch.zeros((), device=device)
+        elements = 0
+        for group in groups:
+            count = group.targets.shape[0]
+            batch = max(1, min(count, round(config.batch_size * count / total_kernels)))
+            if by_norm:
+                index = torch.multinomial(group.sampling_weights.cpu(), batch, replacement=True, generator=generator)
+            else:
+                index = torch.randint(count, (batch,), generator=generator)
+            index = index.to(device)
+            with autocast:
+                predicted = predictor(group.embeddings[index], group.kernel_size)
+            error = (predicted.float() - group.targets[index]).pow(2).sum(dim=1)
+            squared_error = squared_error + (group.importance[index] * error).sum()
+            elements += predicted.numel()
+        loss = squared_error / elements
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_step is not None and (step % log_every == 0 or step == config.iters - 1):
+            loss_value = float(loss.detach())
+            on_step(step + 1, config.iters, {"loss": loss_value, "rmse": math.sqrt(loss_value), "lr": lr})
+        if checkpointer is not None:  # last in the step: a snapshot sees the state an uninterrupted run goes on from
+            done = step + 1
+            checkpointer.step_done(
+                done, config.iters,
+                lambda: LoopState.capture(
+                    done, predictor, optimizer, generator, positions=nern.positions if moves_positions else None
+                ),
+            )  # fmt: skip
+    predictor.eval()
+    return {"final_loss": float(loss.detach())}

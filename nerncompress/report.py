@@ -19,19 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import __version__
+from ._version import __version__
 from ._io import PathLike, sha256_file
-from .artifact import load_artifact, position_bits
-from .checkpoint import load_checkpoint, normalize_state_dict
+from .artifact import byte_breakdown, load_artifact, position_bits, read_metadata
+from .checkpoint import load_checkpoint
 from .errors import ArchDetectionError, ArtifactError
 from .evaluation import EvalResult
-from .expand import fp32_reference_bytes
 from .models.registry import detect_arch
-from .nern import Nern
-from .safetensors_io import read_safetensors_header
+from .nern import Nern, fp32_reference_bytes
 
 __all__ = [
-    "BYTE_GROUPS",
     "artifact_report",
     "checkpoint_report",
     "compare_results",
@@ -39,42 +36,13 @@ __all__ = [
     "distill_summary",
     "environment_report",
     "fit_summary",
-    "is_nern_file",
     "source_provenance",
 ]
 
-# Tensor key prefix -> byte group of the breakdown (see artifact.py for the layout).
-BYTE_GROUPS = {"predictor/": "predictor", "positions/": "positions", "scales/": "scales", "raw/": "raw"}
 _PACKAGES = (
     "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "safetensors", "typer", "rich", "numpy", "scipy",
     "scikit-learn",
 )  # fmt: skip
-
-
-def is_nern_file(path: PathLike) -> bool:
-    """Whether ``path`` is a ``.nern`` artifact: by suffix, or by a safetensors header whose format is ``nern``."""
-    file = Path(path)
-    if file.suffix.lower() == ".nern":
-        return True
-    if not file.is_file():
-        return False
-    try:
-        _, header = read_safetensors_header(file)
-    except ArtifactError:
-        return False
-    meta = header.get("__metadata__")
-    return isinstance(meta, dict) and meta.get("format") == "nern"
-
-
-def _byte_breakdown(header_bytes: int, header: Mapping[str, Any]) -> dict[str, int]:
-    groups = {"header": header_bytes, **{name: 0 for name in BYTE_GROUPS.values()}, "other": 0}
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        start, end = entry["data_offsets"]
-        group = next((name for prefix, name in BYTE_GROUPS.items() if key.startswith(prefix)), "other")
-        groups[group] += int(end) - int(start)
-    return groups
 
 
 def _layer_table(nern: Nern) -> list[dict[str, Any]]:
@@ -142,14 +110,13 @@ def artifact_report(path: PathLike) -> dict[str, Any]:
         0.21
     """
     nern = load_artifact(path)
-    header_bytes, header = read_safetensors_header(path)
-    meta = header.get("__metadata__", {})
+    meta = read_metadata(path)
     file_bytes = Path(path).stat().st_size
     reference = fp32_reference_bytes(nern)
     return {
         "path": str(path),
         "file_bytes": file_bytes,
-        "bytes": _byte_breakdown(header_bytes, header),
+        "bytes": byte_breakdown(path),
         "predictor_parameters": nern.predictor_parameters(),
         "conv_parameters": nern.conv_parameters(),
         "conv_ratio": nern.conv_ratio(),
@@ -208,6 +175,7 @@ def distill_summary(nern: Nern, path: PathLike, *, seconds: float) -> dict[str, 
         ``path``, ``file_bytes``, ``file_ratio``, ``conv_ratio`` (as in :func:`artifact_report`), ``seconds``, and
         from the last (distill) history record: ``steps``, ``selected_step`` (the step kept by holdout selection),
         ``holdout_agreement`` (percent of held-out images where student and teacher agree; None without holdout),
+        ``holdout_top1`` and ``holdout_drop`` (the student's top-1 on them, and the teacher's top-1 minus it),
         ``final_loss``, ``device``, ``data`` and ``teacher`` (file, sha256, arch).
     """
     file_bytes = Path(path).stat().st_size
@@ -223,12 +191,18 @@ def distill_summary(nern: Nern, path: PathLike, *, seconds: float) -> dict[str, 
         "steps": last.get("steps"),
         "selected_step": last.get("selected_step"),
         "holdout_agreement": last.get("holdout_agreement"),
+        "holdout_top1": last.get("holdout_top1"),
+        "holdout_drop": _drop(last.get("holdout_teacher_top1"), last.get("holdout_top1")),
         "final_loss": last.get("final_loss"),
         "device": last.get("device"),
         "data": last.get("data"),
         "teacher": last.get("teacher", {}),
         "arch": nern.arch.to_dict(),
     }
+
+
+def _drop(reference: float | None, result: float | None) -> float | None:
+    return None if reference is None or result is None else reference - result
 
 
 def compress_summary(nern: Nern, input_path: PathLike, path: PathLike, *, seconds: float) -> dict[str, Any]:
@@ -320,7 +294,7 @@ def checkpoint_report(path: PathLike, *, trust_pickle: bool = False) -> dict[str
     Raises:
         CheckpointError: the file cannot be read as a checkpoint.
     """
-    state_dict = normalize_state_dict(load_checkpoint(path, trust_pickle=trust_pickle))
+    state_dict = load_checkpoint(path, trust_pickle=trust_pickle)
     convs = [value for key, value in state_dict.items() if key.endswith("weight") and value.dim() == 4]
     try:
         arch: dict[str, Any] | None = detect_arch(state_dict).to_dict()

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from ._version import __version__
 from ._io import PathLike
 from .errors import CheckpointError, Interrupted, UsageError
 from .safetensors_io import save_safetensors

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .nern import Nern
-from .optim import StepCallback
+from .progress import StepCallback
 from .predictor import Predictor, head_name, linear_layers
 from .quantization import gptq_weight, qmax_for, quantize_weight, round_fp16, round_weight
 from .reconstruction import KernelGroup, sampled_recon_loss

@@ -28,8 +28,8 @@ from nerncompress.errors import (
 )
 from nerncompress.models import get_arch
 
-# The package exposes the Typer object as nerncompress.cli.app, which hides the submodule of the same name.
-app_module = importlib.import_module("nerncompress.cli.app")
+# The jobs the commands call: patched to make a command fail in a chosen way.
+jobs = importlib.import_module("nerncompress.jobs")
 ROOT = Path(__file__).resolve().parents[1]
 FAST_FIT = ["--iters", "20", "--hidden", "16", "--batch-size", "256", "--device", "cpu"]
 
@@ -108,7 +108,7 @@ def test_expand_export_check_failure_exits_4(workspace, tmp_path, monkeypatch):
     def failing_export(*args, **kwargs):
         raise ExportCheckError("ONNX output differs from PyTorch by 0.5")
 
-    monkeypatch.setattr(app_module, "export", failing_export)
+    monkeypatch.setattr(jobs, "export", failing_export)
     result = invoke("expand", workspace["nern"], "-o", tmp_path / "x.onnx")
     assert_one_line_error(result, 4)
     assert "differs from PyTorch" in result.stderr
@@ -309,7 +309,7 @@ def test_unexpected_errors_and_interrupts_are_mapped(workspace, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app_module, "artifact_report", broken)
+    monkeypatch.setattr(jobs, "artifact_report", broken)
     result = invoke("inspect", workspace["nern"])
     assert_one_line_error(result, 1)
     assert "unexpected RuntimeError: boom" in result.stderr
@@ -317,7 +317,7 @@ def test_unexpected_errors_and_interrupts_are_mapped(workspace, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(app_module, "artifact_report", interrupted)
+    monkeypatch.setattr(jobs, "artifact_report", interrupted)
     result = invoke("inspect", workspace["nern"])
     assert result.exit_code == 130
     assert "Error: interrupted" in result.stderr

@@ -12,14 +12,13 @@ from helpers import tiny_fit, tiny_resnet_state_dict
 from nerncompress.artifact import load_artifact, save_artifact
 from nerncompress.compression import PruneConfig, QuantizeConfig, compress
 from nerncompress.errors import ArtifactError, UsageError
-from nerncompress.expand import expand_state_dict, export
+from nerncompress.exporter import export
+from nerncompress.nern import expand_state_dict
 from nerncompress.models import cifar_resnet
 from nerncompress.predictor import PredictorConfig, build_predictor, linear_layers
 from nerncompress.pruning import gradual_masks, magnitude_masks
-from nerncompress.quantization import (
-    decode_predictor, dequantize_weight, encode_predictor, num_groups, pack_ints, predictor_bytes, quantize_weight,
-    round_weight, unpack_ints,
-)  # fmt: skip
+from nerncompress.artifact.v1 import decode_predictor, encode_predictor, pack_ints, predictor_bytes, unpack_ints
+from nerncompress.quantization import dequantize_weight, num_groups, quantize_weight, round_weight
 from nerncompress.rounding import SoftRounding
 
 

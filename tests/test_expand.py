@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 from helpers import tiny_fit, tiny_resnet_state_dict
 from nerncompress.artifact import load_artifact, save_artifact
 from nerncompress.errors import UsageError
-from nerncompress.expand import expand, export, expand_model, fp32_reference_bytes
+from nerncompress.exporter import export
+from nerncompress.nern import expand, expand_model, fp32_reference_bytes
 from nerncompress.models import cifar_resnet
 
 

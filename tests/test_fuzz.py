@@ -27,7 +27,6 @@ from nerncompress.compression import PruneConfig, QuantizeConfig, compress
 
 NERN_MUTANTS = 225
 CHECKPOINT_MUTANTS = 110
-app_module = importlib.import_module("nerncompress.cli.app")
 
 
 @pytest.fixture(scope="module")

@@ -215,10 +215,11 @@ def test_spec_from_a_file_is_untrusted_but_equal() -> None:
 
 def test_user_builder_from_a_file_is_not_imported_without_trust() -> None:
     read = ArchSpec.from_dict({"name": "nern_absent_evil_module:build", "kwargs": {}})
-    with pytest.raises(UsageError, match="nern_absent_evil_module:build.*--trust-code"):
+    with pytest.raises(UsageError, match="nern_absent_evil_module:build.*trust_code=True"):
         get_arch(read)  # refused before any import: the module does not even exist
+    trusted = ArchSpec.from_dict({"name": "nern_absent_evil_module:build", "kwargs": {}}, trusted=True)
     with pytest.raises(ArchDetectionError, match="cannot import"):
-        get_arch(read, trust_code=True)  # trusted: imported (and missing)
+        get_arch(trusted)  # trusted when read: imported (and missing)
     with pytest.raises(ArchDetectionError, match="cannot import"):
         get_arch(read.trusted())
 
@@ -239,7 +240,7 @@ def test_outsized_kwargs_from_a_file_are_refused(name: str, kwargs: dict, messag
     read = ArchSpec.from_dict({"name": name, "kwargs": kwargs})
     with pytest.raises(ArchDetectionError, match=message):
         get_arch(read)
-    check_arch(read, trust_code=True)  # the user vouches for the file: nothing checked (and nothing built here)
+    check_arch(read.trusted())  # the user vouches for the file: nothing checked (and nothing built here)
     check_arch(ArchSpec(name, kwargs))  # made in code: the caller's own choice
 
 

@@ -309,10 +309,11 @@ def test_root_help_documents_every_exit_code():
 
 def test_version_and_threads(ws):
     assert invoke("--version").stdout.startswith("nerncompress ")
+    before = torch.get_num_threads()
     result = invoke("eval", ws["tiny.pt"], "--data", ws["images.npz"], "--threads", "2", "--json")
     assert result.exit_code == 0, result.stderr
-    assert torch.get_num_threads() == 2
-    torch.set_num_threads(1)
+    assert json.loads(result.stdout)["threads"] == 2  # the job ran with two threads
+    assert torch.get_num_threads() == before  # and gave the process its setting back
 
 
 def test_usage_error_in_a_real_process_is_one_line(ws):

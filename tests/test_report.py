@@ -20,11 +20,11 @@ from nerncompress.report import (
     compare_results,
     environment_report,
     fit_summary,
-    is_nern_file,
     paired_delta_ci95,
-    read_safetensors_header,
     source_provenance,
 )
+from nerncompress.artifact import is_nern_file
+from nerncompress.safetensors_io import read_safetensors_header
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from helpers import tiny_fit, tiny_resnet_state_dict
 from nerncompress.artifact import load_artifact, save_artifact
 from nerncompress.data import ImageData
 from nerncompress.errors import UsageError
-from nerncompress.expand import expand_state_dict
+from nerncompress.nern import expand_state_dict
 from nerncompress.models import build_model
 from nerncompress.distillation import (
     DistillConfig,
@@ -93,19 +93,19 @@ def test_reassignment_leaves_structured_positions_alone(tmp_path, permute):
 
 
 def test_reassignment_runs_between_warmup_and_the_last_steps(monkeypatch):
-    import nerncompress.training as training
+    import nerncompress.reconstruction as reconstruction
 
     steps = []
-    monkeypatch.setattr(training, "reassign_positions", lambda nern, groups: steps.append(len(steps)) or 0)
+    monkeypatch.setattr(reconstruction, "reassign_positions", lambda nern, groups: steps.append(len(steps)) or 0)
     tiny_fit(iters=100, reassign_every=10, warmup=0.15)
     assert len(steps) == len([s for s in range(10, 100, 10) if 15 <= s <= 95])  # steps 20..90
 
 
 def test_progressive_rounds_reassign_in_the_first_round_only(monkeypatch):
-    import nerncompress.training as training
+    import nerncompress.reconstruction as reconstruction
 
     calls = []
-    monkeypatch.setattr(training, "reassign_positions", lambda nern, groups: calls.append(1) or 0)
+    monkeypatch.setattr(reconstruction, "reassign_positions", lambda nern, groups: calls.append(1) or 0)
     tiny_fit(iters=100, reassign_every=10, warmup=0.15)
     one_round = len(calls)
     calls.clear()

@@ -11,8 +11,10 @@ builder accepts. Besides registered names, two open-ended forms are understood:
 
 Trust: importing a user builder runs its module's code. A spec the caller makes (``resolve_arch`` of the user's own
 ``--arch``, ``ArchSpec(...)`` in code) is trusted. A spec read from a file (``ArchSpec.from_dict``, which
-``load_artifact`` uses) is not: building it (``get_arch``/``build_model`` and everything built on them) refuses a user
-builder with a UsageError unless ``trust_code=True`` (the CLI's ``--trust-code``), and refuses kwargs outside the
+``load_artifact`` uses) is trusted only when the caller says so once, as it loads the file
+(``load_artifact(path, trust_code=True)``, the CLI's ``--trust-code``). Building an untrusted spec
+(``get_arch``/``build_model`` and everything built on them) refuses a user builder with a UsageError, and refuses
+kwargs outside the
 bounds its registered architecture declares (``register_arch(limits=...)``) or an outsized input shape with an
 ArchDetectionError, so that a crafted file can neither run code nor make the machine build a gigantic model.
 ``check_arch`` applies these rules without building anything.
@@ -72,8 +74,8 @@ class ArchSpec:
         kwargs: JSON-serialisable builder kwargs, e.g. ``{"depth": 56, "num_classes": 10}``.
         preset: normalisation preset name (a key of ``data.NORMALIZATION_PRESETS``).
         input_shape: ``(C, H, W)`` of one input image.
-        untrusted: read from a file (``from_dict``): building it refuses user builders unless ``trust_code=True``,
-            and bounds its kwargs (see the module docstring). Not part of equality, hashing or ``to_dict``.
+        untrusted: read from an untrusted file (``from_dict``): building it refuses user builders and bounds its
+            kwargs (see the module docstring). Not part of equality, hashing or ``to_dict``.
     """
 
     name: str
@@ -96,7 +98,7 @@ class ArchSpec:
         return hash((self.name, json.dumps(self.kwargs, sort_keys=True, default=repr), self.preset, self.input_shape))
 
     def trusted(self) -> ArchSpec:
-        """The same spec, trusted: the caller vouches for the file it came from (``--trust-code``)."""
+        """The same spec, trusted: the caller vouches for the file it came from (``trust_code=True``)."""
         return dataclasses.replace(self, untrusted=False) if self.untrusted else self
 
     def is_user_builder(self) -> bool:
@@ -239,15 +241,14 @@ def _build_torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
     return torchvision.models.get_model(tv_name, weights=None, **kwargs)
 
 
-def check_arch(spec: ArchSpec | str, *, trust_code: bool = False, **kwargs: Any) -> None:
+def check_arch(spec: ArchSpec | str, **kwargs: Any) -> None:
     """Refuse, without building or importing anything, an untrusted spec that may not be built.
 
-    Only specs marked ``untrusted`` (read from a file) are checked, and only without ``trust_code``. Names and
+    Only specs marked ``untrusted`` (read from a file not trusted by its loader) are checked. Names and
     ``ArchSpec`` objects made by the caller are the caller's own choice and pass.
 
     Args:
         spec: the spec to build.
-        trust_code: the caller trusts the file the spec came from (``--trust-code``): nothing is checked.
         **kwargs: builder kwargs that override those of ``spec`` (as in ``get_arch``).
 
     Raises:
@@ -255,7 +256,7 @@ def check_arch(spec: ArchSpec | str, *, trust_code: bool = False, **kwargs: Any)
         ArchDetectionError: a kwarg beyond its architecture's bounds, or not allowed from a file, or an input shape
             beyond ``MAX_INPUT_CHANNELS`` / ``MAX_INPUT_ELEMENTS``.
     """
-    if not isinstance(spec, ArchSpec) or not spec.untrusted or trust_code:
+    if not isinstance(spec, ArchSpec) or not spec.untrusted:
         return
     name = spec.name
     if spec.is_user_builder():
@@ -263,14 +264,14 @@ def check_arch(spec: ArchSpec | str, *, trust_code: bool = False, **kwargs: Any)
             return  # an unknown name: get_arch refuses it without importing anything
         raise UsageError(
             f"the file's architecture {name!r} is a user builder: building it imports module "
-            f"{name.partition(':')[0]!r} and runs its code; pass --trust-code (trust_code=True) only for files "
-            "you trust"
+            f"{name.partition(':')[0]!r} and runs its code; load the file with trust_code=True (--trust-code) only "
+            "if you trust it"
         )
     channels, height, width = spec.input_shape
     if channels > MAX_INPUT_CHANNELS or channels * height * width > MAX_INPUT_ELEMENTS:
         raise ArchDetectionError(
             f"arch {name}: input shape {spec.input_shape} from the file is beyond the bounds ({MAX_INPUT_CHANNELS} "
-            f"channels, {MAX_INPUT_ELEMENTS:,} values): corrupt or crafted? pass --trust-code only if you trust it"
+            f"channels, {MAX_INPUT_ELEMENTS:,} values): corrupt or crafted? load the file with trust_code=True (--trust-code) only if you trust it"
         )
     limits = _REGISTRY[name].limits if name in _REGISTRY else TORCHVISION_LIMITS
     if limits is None:
@@ -283,33 +284,31 @@ def check_arch(spec: ArchSpec | str, *, trust_code: bool = False, **kwargs: Any)
             allowed = ", ".join(sorted(limits)) or "none"
             raise ArchDetectionError(
                 f"arch {name}: kwarg {key}={value!r} from the file is not allowed there (integer kwargs: {allowed}); "
-                "pass --trust-code only if you trust the file"
+                "load the file with trust_code=True (--trust-code) only if you trust it"
             )
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
             raise ArchDetectionError(
                 f"arch {name}: kwarg {key}={value!r} from the file is out of bounds (an int in 1..{bound}): corrupt "
-                "or crafted? pass --trust-code only if you trust the file"
+                "or crafted? load the file with trust_code=True (--trust-code) only if you trust it"
             )
 
 
-def get_arch(spec: ArchSpec | str, *, trust_code: bool = False, **kwargs: Any) -> nn.Module:
+def get_arch(spec: ArchSpec | str, **kwargs: Any) -> nn.Module:
     """Build an untrained model.
 
     Args:
         spec: an :class:`ArchSpec`, or a name (registered, ``torchvision:<name>`` or ``pkg.module:function``).
-        trust_code: build an ``untrusted`` spec (read from a file) anyway: import its user builder, skip the bounds
-            on its kwargs (see :func:`check_arch`). Trusted specs and plain names do not need it.
         **kwargs: builder kwargs; they override those of ``spec``.
 
     Returns:
         The freshly initialised model.
 
     Raises:
-        UsageError: an untrusted spec names a user builder and ``trust_code`` is False.
+        UsageError: an untrusted spec names a user builder.
         ArchDetectionError: for an unknown name, an unimportable user builder, kwargs the builder rejects, or an
             untrusted spec beyond the bounds (see :func:`check_arch`).
     """
-    check_arch(spec, trust_code=trust_code, **kwargs)
+    check_arch(spec, **kwargs)
     if isinstance(spec, ArchSpec):
         name, merged = spec.name, {**spec.kwargs, **kwargs}
     else:
@@ -480,9 +479,7 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(d) for d in t.shape) + ")"
 
 
-def build_model(
-    spec: ArchSpec, state_dict: Mapping[str, Tensor] | None = None, *, trust_code: bool = False
-) -> nn.Module:
+def build_model(spec: ArchSpec, state_dict: Mapping[str, Tensor] | None = None) -> nn.Module:
     """Build the model of ``spec`` and load ``state_dict`` strictly.
 
     Missing ``num_batches_tracked`` buffers are the only tolerated difference: they keep the model's own value.
@@ -490,17 +487,16 @@ def build_model(
     Args:
         spec: the architecture.
         state_dict: normalised weights, or ``None`` for an untrained model.
-        trust_code: build an untrusted spec (read from a file) anyway, as in :func:`get_arch`.
 
     Returns:
         The model, in eval mode, on the CPU.
 
     Raises:
-        UsageError: an untrusted spec names a user builder and ``trust_code`` is False.
+        UsageError: an untrusted spec names a user builder.
         ArchDetectionError: for an unknown arch, an untrusted spec beyond the bounds, or a missing key, unexpected
             key or shape mismatch (the message names the first offending key).
     """
-    model = get_arch(spec, trust_code=trust_code)
+    model = get_arch(spec)
     if state_dict is not None:
         own = model.state_dict()
         for key, ref in own.items():

@@ -1,0 +1,110 @@
+"""``nerncompress inspect``: what a .nern or a checkpoint holds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import run_inspect
+from . import output
+from .compress import compression_text
+from .options import JsonOpt, TrustPickleOpt, examples
+
+PathArg = Annotated[Path, typer.Argument(help="A .nern artifact or a checkpoint.")]
+
+EPILOG = examples("nerncompress inspect model.nern", "nerncompress inspect resnet20.th --json")
+
+
+def inspect_command(path: PathArg, trust_pickle: TrustPickleOpt = False, json_output: JsonOpt = False) -> None:
+    """Layer table, bytes by group, ratios, provenance and history of a .nern; or what a checkpoint holds."""
+    out = output.Output(json_output)
+    summary = run_inspect(path, trust_pickle=trust_pickle)
+    out.result(summary, render_artifact if summary["kind"] == "nern" else render_checkpoint)
+
+
+def _render_layers(console: Console, layers: Sequence[Mapping[str, Any]]) -> None:
+    table = Table(title="layers", title_justify="left", title_style="bold")
+    for column in ("name", "shape", "k", "kernels", "stored", "bits"):
+        table.add_column(column, justify="right" if column in ("k", "kernels", "bits") else "left")
+    for row in layers:
+        stored = "predictor" if row["status"] == "represented" else f"raw: {row['reason']}"
+        bits = row["position_bits"]
+        table.add_row(
+            row["name"], "x".join(str(s) for s in row["shape"]), str(row["kernel_size"]),
+            f"{row['kernels']:,}" if row["kernels"] is not None else "-", stored, "-" if bits is None else str(bits),
+        )  # fmt: skip
+    console.print(table)
+
+
+def render_artifact(console: Console, data: Mapping[str, Any]) -> None:
+    """``nerncompress inspect`` of a ``.nern``: layers, bytes, ratios, configuration, provenance, history."""
+    percent = output.percent
+    _render_layers(console, data["layers"])
+    total = data["file_bytes"]
+    sizes = Table(title="bytes on disk", title_justify="left", title_style="bold")
+    sizes.add_column("group")
+    sizes.add_column("bytes", justify="right")
+    sizes.add_column("share", justify="right")
+    for group, count in data["bytes"].items():
+        if count or group != "other":
+            sizes.add_row(group, f"{count:,}", percent(count / total if total else None))
+    sizes.add_row("total", f"{total:,}", "100.00%", style="bold")
+    console.print(sizes)
+    arch, predictor, embedding = data["arch"], data["predictor"], data["embedding"]
+    rows = [
+        ("architecture", f"{arch['name']} {json.dumps(arch['kwargs'])} (preset {arch['preset']})"),
+        ("predictor", f"hidden {predictor['hidden']}, depth {predictor['depth']}, "
+                      f"kernel sizes {predictor['kernel_sizes']}"),
+        ("embedding", f"levels {embedding['levels']}, base {embedding['base']} ({embedding['dim']} dims)"),
+        ("permutation", data["permute"]),
+        ("compression", compression_text(data["compression"])),
+        ("conv ratio", f"{percent(data['conv_ratio'])}  ({data['predictor_parameters']:,} predictor params / "
+                       f"{data['conv_parameters']:,} conv weights)"),
+        ("file ratio", f"{percent(data['file_ratio'])}  ({total:,} B / {data['fp32_reference_bytes']:,} B "
+                       "fp32 safetensors)"),
+        ("layers", f"{data['represented_layers']} represented, {data['raw_convs']} conv raw, "
+                   f"{data['raw_tensors']} raw tensors"),
+        ("tool version", data.get("tool_version")),
+    ]  # fmt: skip
+    console.print(output.key_value_table("summary", rows))
+    source = data.get("source") or {}
+    if source:
+        console.print(output.key_value_table("source", list(source.items())))
+    history = data.get("history") or []
+    if history:
+        table = Table(title="history", title_justify="left", title_style="bold")
+        for column in ("stage", "steps", "device", "final loss", "rmse", "relative rmse"):
+            table.add_column(column)
+        for record in history:
+            table.add_row(
+                str(record.get("stage", "?")), str(record.get("steps", "-")), str(record.get("device", "-")),
+                output.number(record.get("final_loss")), output.number(record.get("rmse")),
+                percent(record.get("relative_rmse")),
+            )  # fmt: skip
+        console.print(table)
+
+
+def render_checkpoint(console: Console, data: Mapping[str, Any]) -> None:
+    """``nerncompress inspect`` of a checkpoint."""
+    arch = data.get("arch")
+    arch_text = f"{arch['name']} {json.dumps(arch['kwargs'])} (preset {arch['preset']})" if arch else "not detected"
+    rows = [
+        ("checkpoint", data["path"]),
+        ("size", output.human_bytes(data["file_bytes"])),
+        ("sha256", data["sha256"]),
+        ("tensors", f"{data['tensors']:,}"),
+        ("parameters", f"{data['parameters']:,}"),
+        ("tensor bytes", output.human_bytes(data["tensor_bytes"])),
+        ("dtypes", ", ".join(f"{k}: {v}" for k, v in data["dtypes"].items())),
+        ("conv weights", f"{data['conv_weights']} ({data['conv_parameters']:,} parameters)"),
+        ("architecture", arch_text),
+    ]
+    if data.get("arch_error"):
+        rows.append(("detection", data["arch_error"]))
+    console.print(output.key_value_table("checkpoint", rows))

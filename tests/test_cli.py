@@ -151,6 +151,41 @@ def test_eval_checkpoint_human_output(workspace):
     assert "evaluating" in result.stderr
 
 
+def test_eval_gate_exits_3_below_the_target_and_0_against_itself(workspace):
+    """The CI gate: a file that agrees less than asked fails with exit 3 (figure and threshold in the one-line
+    message and in --json); the original against itself passes."""
+    original, nern, data = workspace["checkpoint"], workspace["nern"], workspace["data"]
+    result = invoke("eval", nern, "--data", data, "--compare", original, "--min-agreement", "99.9", "--json")
+    summary = json.loads(result.stdout)
+    agreement = summary["compare"]["agreement"]
+    assert agreement < 99.9  # a 20-step fit cannot reproduce the original on random images
+    assert result.exit_code == 3, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"Error: {summary['gate']['message']}"
+    assert f"agreement {agreement:.2f}% < 99.9%" in result.stderr
+    assert summary["gate"] == {**summary["gate"], "passed": False, "min_agreement": 99.9, "agreement": agreement}
+    result = invoke("eval", original, "--data", data, "--compare", original, "--min-agreement", "99.9",
+                    "--max-drop", "0")
+    assert result.exit_code == 0, result.stderr
+    assert "accuracy target met" in result.stdout
+    drop = invoke("eval", nern, "--data", data, "--compare", original, "--max-drop", "100", "--json")
+    assert drop.exit_code == 0 and json.loads(drop.stdout)["gate"]["passed"]
+
+
+def test_eval_gate_needs_a_reference(workspace):
+    result = invoke("eval", workspace["nern"], "--data", workspace["data"], "--min-agreement", "90")
+    assert_one_line_error(result, 2)
+    assert "compare" in result.stderr
+
+
+def test_eval_gate_in_a_real_process(workspace):
+    """What a CI pipeline sees: the exit status of the program."""
+    command = [sys.executable, "-m", "nerncompress", "eval", str(workspace["nern"]), "--data", str(workspace["data"]),
+               "--compare", str(workspace["checkpoint"]), "--min-agreement", "99.9"]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 3, process.stderr
+    assert process.stderr.strip().splitlines()[-1].startswith("Error: accuracy target missed")
+
+
 def test_eval_missing_data_exits_1(workspace, tmp_path):
     result = invoke("eval", workspace["checkpoint"], "--data", tmp_path / "nothing.npz")
     assert_one_line_error(result, 1)

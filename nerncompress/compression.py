@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._version import __version__
-from .artifact import encode_predictor, predictor_bytes
+from .artifact import predictor_bytes
 from .data import ImageData
 from .devices import resolve_device
 from .distillation import DistillConfig, train_with_teacher
@@ -343,7 +343,7 @@ def compress(
         _project_(result.predictor, result.compression, masks)
     if before_step is not None:
         details["achieved_sparsity"] = achieved_sparsity(masks)
-    result.compression = encode_predictor(result.predictor, result.compression)[1]
+    result.compression = {key: value for key, value in result.compression.items() if key != "layout"}
     after = reconstruction_error(result, targets)
     result.history.append(
         {

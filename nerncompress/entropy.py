@@ -246,6 +246,45 @@ def _decode_payload(payload: bytes, count: int, order: np.ndarray, bounds: np.nd
     return _from_symbols(symbols, raw, m)
 
 
+# A stream whose adaptive coding would cost more than plain fixed-width packing (few values, nearly uniform ones)
+# is stored packed instead: mode byte _PACKED, the lowest value and the span (varints), then each value minus the
+# lowest at ceil(log2(span + 1)) bits, big-endian bits. So a stream never costs more than its fixed width + a few
+# bytes.
+_PACKED = 0xFF
+_MAX_PACKED_BITS = 32
+
+
+def _packed_payload(values: np.ndarray) -> bytes | None:
+    if not values.size:
+        return None
+    low, high = int(values.min()), int(values.max())
+    width = max(1, (high - low).bit_length())
+    if width > _MAX_PACKED_BITS:
+        return None
+    header = bytearray([_PACKED])
+    _put_varint(header, 2 * low if low >= 0 else -2 * low - 1)
+    _put_varint(header, high - low)
+    offsets = (values - low).astype(np.uint64)
+    bits = ((offsets[:, None] >> np.arange(width - 1, -1, -1, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    return bytes(header) + np.packbits(bits.reshape(-1)).tobytes()
+
+
+def _decode_packed(payload: bytes, count: int) -> np.ndarray:
+    zigzag, pos = _get_varint(payload, 1)
+    span, pos = _get_varint(payload, pos)
+    low = zigzag // 2 if zigzag % 2 == 0 else -(zigzag + 1) // 2
+    width = max(1, span.bit_length())
+    if width > _MAX_PACKED_BITS or low < -(1 << 63) or low + span >= 1 << 63:
+        raise ValueError("corrupt entropy-coded stream: packed values out of bounds")
+    if len(payload) - pos != (count * width + 7) // 8:
+        raise ValueError("corrupt entropy-coded stream: packed values of the wrong length")
+    bits = np.unpackbits(np.frombuffer(payload, np.uint8, offset=pos))[: count * width].reshape(count, width)
+    offsets = bits.astype(np.uint64) @ (np.uint64(1) << np.arange(width - 1, -1, -1, dtype=np.uint64))
+    if count and int(offsets.max()) > span:
+        raise ValueError("corrupt entropy-coded stream: a packed value beyond the span")
+    return (offsets.astype(np.int64) + low).astype(np.int64)
+
+
 def _as_int64(values: np.ndarray) -> np.ndarray:
     array = np.asarray(values).reshape(-1)
     if array.size and (array.dtype.kind not in "iub" or array.dtype == np.uint64 and int(array.max()) >= 1 << 63):
@@ -263,7 +302,8 @@ def encode_ints(values: np.ndarray, *, contexts: np.ndarray | None = None, num_c
         num_contexts: number of contexts, 1..2**20.
 
     Returns:
-        Mode byte ``m``, two varints per non-empty context (lowest symbol, span), range-coded words, CRC-32.
+        Mode byte ``m``, two varints per non-empty context (lowest symbol, span), range-coded words, CRC-32; or,
+        when that is shorter, the values packed at a fixed width (mode byte 255, lowest value, span, bits).
 
     Raises:
         ValueError: values that are not integers within int64, or invalid contexts.
@@ -274,7 +314,9 @@ def encode_ints(values: np.ndarray, *, contexts: np.ndarray | None = None, num_c
     """
     array = _as_int64(values)
     order, bounds, key = _context_order(contexts, num_contexts, array.size)
-    payload = min((_encode_payload(array, order, bounds, m) for m in _mantissas(array)), key=len)
+    candidates = [_encode_payload(array, order, bounds, m) for m in _mantissas(array)]
+    packed = _packed_payload(array)
+    payload = min(candidates + ([packed] if packed is not None else []), key=len)
     return _seal(payload, _INTS, array.size, key)
 
 
@@ -299,7 +341,10 @@ def decode_ints(data: bytes, count: int, *, contexts: np.ndarray | None = None, 
     """
     count = _check_int("count", count, 0, 1 << 40)
     order, bounds, key = _context_order(contexts, num_contexts, count)
-    return _decode_payload(_open(data, _INTS, count, key), count, order, bounds)
+    payload = _open(data, _INTS, count, key)
+    if payload[:1] == bytes([_PACKED]):
+        return _decode_packed(payload, count)
+    return _decode_payload(payload, count, order, bounds)
 
 
 def estimate_bits(values: np.ndarray, contexts: np.ndarray | None = None, num_contexts: int = 1) -> float:
@@ -323,7 +368,12 @@ def estimate_bits(values: np.ndarray, contexts: np.ndarray | None = None, num_co
     """
     array = _as_int64(values)
     order, bounds, _ = _context_order(contexts, num_contexts, array.size)
-    return min(_estimate_payload(array, order, bounds, m) for m in _mantissas(array)) + 32
+    coded = min(_estimate_payload(array, order, bounds, m) for m in _mantissas(array))
+    if array.size:
+        span = int(array.max()) - int(array.min())
+        if span.bit_length() <= _MAX_PACKED_BITS:
+            coded = min(coded, 8.0 * (3 + (array.size * max(1, span.bit_length()) + 7) // 8))
+    return coded + 32
 
 
 # --- Permutations -----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``Nern``: the in-memory neural representation of a checkpoint, and its regeneration into weights.
 
 It holds everything needed to regenerate the original state_dict: the predictor, the represented layers with
-their kernel positions (smoothing permutations) and per-filter scales, and every other tensor raw. The file
+their kernel positions (smoothing permutations) and per-filter scales, coded tensors (integers on a uniform grid:
+a weight stored without the predictor, or the residual of a represented layer), and every other tensor raw. The file
 layout lives in ``artifact``; this module turns a Nern back into weights (``expand``, one layer at a time) and
 into a model (``expand_model``), and checks that a Nern fits its architecture (``check_shapes``).
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .devices import resolve_device
+from .codes import QuantizedTensor
 from .embeddings import EmbeddingConfig, kernel_coordinates, positional_embedding
 from .errors import ArtifactError
 from .layers import LayerEntry
@@ -38,23 +40,25 @@ class Nern:
         arch: architecture spec (registry name, kwargs, normalisation preset, input shape).
         layers: represented conv weights in forward order.
         embedding: positional embedding config.
-        predictor: the MLP (its ``config`` holds the shape).
+        predictor: the MLP (its ``config`` holds the shape); None when no layer is represented.
         positions: layer name -> int64 (C_out * C_in,) chain position of every kernel.
         scales: layer name -> float32 (C_out,) per-filter scale applied to the predictor's output; layers
             without an entry are regenerated unscaled.
-        raw: every other tensor of the original state_dict, unchanged.
+        raw: every tensor of the original state_dict that is neither represented nor coded, unchanged.
         key_order: the original state_dict's key order.
         permute: smoothing permutation method used.
         source: provenance of the original checkpoint (file name, sha256, tensor and parameter counts, bytes).
         raw_convs: conv weights stored raw -> reason.
         history: one record per stage (fit, distill, prune, quantize), each with its full config.
         compression: pruning / quantization state of the predictor ({} when plain float32).
+        codes: key -> coded tensor: for a represented layer, the residual added to the predictor's output; for any
+            other key, the tensor's value (stored without the predictor).
     """
 
     arch: ArchSpec
     layers: list[LayerEntry]
     embedding: EmbeddingConfig
-    predictor: Predictor
+    predictor: Predictor | None
     positions: dict[str, Tensor]
     scales: dict[str, Tensor]
     raw: dict[str, Tensor]
@@ -64,6 +68,7 @@ class Nern:
     raw_convs: dict[str, str] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     compression: dict[str, Any] = field(default_factory=dict)
+    codes: dict[str, QuantizedTensor] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -86,7 +91,10 @@ class Nern:
         return self.position_embeddings(entry)[self.positions[entry.name]]
 
     def regenerate_layer(self, entry: LayerEntry, embeddings: Tensor | None = None) -> Tensor:
-        """Weight of one represented layer, shape ``entry.shape`` (differentiable when grad is enabled)."""
+        """The predictor's output for one represented layer, shape ``entry.shape`` (differentiable when grad is
+        enabled); its stored weight adds ``codes[entry.name]`` when the layer has a residual (see ``expand``)."""
+        if self.predictor is None:
+            raise ArtifactError(f"layer {entry.name!r} is represented but the Nern has no predictor")
         if embeddings is None:
             embeddings = self.layer_embeddings(entry)
         device = next(self.predictor.parameters()).device
@@ -100,11 +108,19 @@ class Nern:
         return sum(entry.num_weights for entry in self.layers)
 
     def predictor_parameters(self) -> int:
-        return self.predictor.num_parameters()
+        return 0 if self.predictor is None else self.predictor.num_parameters()
+
+    def storage(self, key: str) -> str:
+        """How a state_dict key is stored: "predicted", "predicted+residual", "coded" or "raw"."""
+        represented = any(entry.name == key for entry in self.layers)
+        if represented:
+            return "predicted+residual" if key in self.codes else "predicted"
+        return "coded" if key in self.codes else "raw"
 
     def conv_ratio(self) -> float:
-        """Predictor parameters / represented conv weights (the papers' "size")."""
-        return self.predictor_parameters() / self.conv_parameters()
+        """Predictor parameters / represented conv weights (the papers' "size"); 0 when nothing is represented."""
+        conv = self.conv_parameters()
+        return self.predictor_parameters() / conv if conv else 0.0
 
 
 def filter_scales(weight: Tensor) -> Tensor:
@@ -139,17 +155,22 @@ def expand(nern: Nern, *, device: str = "auto") -> Iterator[tuple[str, Tensor]]:
         >>> state_dict = dict(expand(load_artifact("resnet20.nern")))
     """
     torch_device = resolve_device(device)
-    predictor = nern.predictor.to(torch_device).eval()
+    if nern.predictor is not None:
+        nern.predictor.to(torch_device).eval()
     represented = {entry.name: entry for entry in nern.layers}
     try:
         with torch.inference_mode():
             for key in nern.key_order:
                 if key in represented:
-                    yield key, nern.regenerate_layer(represented[key]).cpu()
+                    weight = nern.regenerate_layer(represented[key]).cpu()
+                    yield key, weight + nern.codes[key].dequantize() if key in nern.codes else weight
+                elif key in nern.codes:
+                    yield key, nern.codes[key].dequantize()
                 else:
                     yield key, nern.raw[key]
     finally:
-        predictor.cpu()
+        if nern.predictor is not None:
+            nern.predictor.cpu()
 
 
 def expand_state_dict(nern: Nern, *, device: str = "auto") -> dict[str, Tensor]:
@@ -174,6 +195,8 @@ def tensor_specs(nern: Nern) -> list[TensorSpec]:
     for key in nern.key_order:
         if key in represented:
             specs.append((key, torch.float32, represented[key].shape))
+        elif key in nern.codes:
+            specs.append((key, torch.float32, nern.codes[key].shape))
         else:
             specs.append((key, nern.raw[key].dtype, tuple(nern.raw[key].shape)))
     return specs

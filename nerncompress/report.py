@@ -21,12 +21,12 @@ from torch import Tensor
 
 from ._version import __version__
 from ._io import PathLike, sha256_file
-from .artifact import byte_breakdown, load_artifact, position_bits, read_metadata
+from .artifact import group_bytes, load_artifact, read_metadata, stream_bytes
 from .checkpoint import load_checkpoint
 from .errors import ArchDetectionError, ArtifactError
 from .evaluation import EvalResult
 from .models.registry import detect_arch
-from .nern import Nern, fp32_reference_bytes
+from .nern import Nern, fp32_reference_bytes, tensor_specs
 
 __all__ = [
     "artifact_report",
@@ -45,62 +45,68 @@ _PACKAGES = (
 )  # fmt: skip
 
 
-def _layer_table(nern: Nern) -> list[dict[str, Any]]:
-    """One row per conv weight, represented or raw, in the original state_dict's order."""
+# A model whose parameters are mostly stored raw is barely compressed: inspect says so.
+MOSTLY_RAW = 0.5
+
+
+def _tensor_table(nern: Nern, streams: Mapping[str, int]) -> list[dict[str, Any]]:
+    """One row per tensor of the original state_dict, in its order: how it is stored and what it costs."""
+    per_key: Counter[str] = Counter()
+    for name, size in streams.items():
+        group, _, rest = name.partition("/")
+        if group in ("positions", "scales", "codes", "raw"):
+            key = next((k for k in (rest, rest.rsplit("/", 1)[0]) if k in nern.key_order), rest)
+            per_key[key] += size
     represented = {entry.name: entry for entry in nern.layers}
-    # No positions are stored without a permutation (the identity order is implied).
-    bits = {entry.name: round(position_bits(nern.permute, entry), 3) for entry in nern.layers}
     rows = []
-    for key in nern.key_order:
+    for key, _, shape in tensor_specs(nern):
+        values = int(torch.Size(shape).numel())
+        storage = nern.storage(key)
+        row: dict[str, Any] = {
+            "name": key,
+            "shape": list(shape),
+            "values": values,
+            "storage": storage,
+            "bytes": per_key[key],
+            "bits_per_value": round(8 * per_key[key] / values, 3) if values else 0.0,
+            "reason": nern.raw_convs.get(key, ""),
+        }
         if key in represented:
-            entry = represented[key]
-            rows.append(
-                {
-                    "name": key,
-                    "shape": list(entry.shape),
-                    "kernel_size": entry.kernel_size,
-                    "kernels": entry.num_kernels,
-                    "weights": entry.num_weights,
-                    "status": "represented",
-                    "reason": "",
-                    "layer_index": entry.layer_index,
-                    "position_bits": bits[key],
-                    "scaled": key in nern.scales,
-                }
-            )
-        elif key in nern.raw_convs:
-            shape = list(nern.raw[key].shape)
-            rows.append(
-                {
-                    "name": key,
-                    "shape": shape,
-                    "kernel_size": shape[2] if len(shape) == 4 else None,
-                    "kernels": shape[0] * shape[1] if len(shape) >= 2 else None,
-                    "weights": int(nern.raw[key].numel()),
-                    "status": "raw",
-                    "reason": nern.raw_convs[key],
-                    "layer_index": None,
-                    "position_bits": None,
-                    "scaled": False,
-                }
-            )
+            row["layer_index"] = represented[key].layer_index
+            row["kernel_size"] = represented[key].kernel_size
+        if key in nern.codes:
+            row["step"] = nern.codes[key].step
+        rows.append(row)
     return rows
 
 
+def _shares(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Share of the model's parameters by storage: represented (by the predictor, with or without a residual),
+    coded (integers without the predictor) and raw."""
+    total = sum(row["values"] for row in rows) or 1
+    counts: Counter[str] = Counter()
+    for row in rows:
+        counts["represented" if row["storage"].startswith("predicted") else row["storage"]] += row["values"]
+    return {name: counts[name] / total for name in ("represented", "coded", "raw")}
+
+
 def artifact_report(path: PathLike) -> dict[str, Any]:
-    """Everything worth knowing about a ``.nern`` file: sizes, ratios, layer table, provenance, history.
+    """Everything worth knowing about a ``.nern`` file: sizes, ratios, tensor table, provenance, history.
 
     Args:
         path: the artifact.
 
     Returns:
-        A JSON-serialisable dict with ``path``, ``file_bytes``, ``bytes`` (breakdown: header = length prefix +
-        JSON header with metadata; predictor, positions, scales, raw, other = tensor data; the groups sum to
-        ``file_bytes``), ``predictor_parameters``, ``conv_parameters`` (represented conv weights), ``conv_ratio``
+        A JSON-serialisable dict with ``path``, ``file_bytes``, ``bytes`` (by group: header = safetensors header
+        and compressed structure; predictor, positions, scales, codes, raw, other; the groups sum to
+        ``file_bytes``), ``streams`` (bytes of every stream by name), ``tensors`` (one row per state_dict tensor:
+        name, shape, values, storage = predicted | predicted+residual | coded | raw, bytes, bits_per_value, step
+        of a coded tensor, reason a conv is raw), ``shares`` (share of parameters represented, coded and raw),
+        ``warnings``, ``predictor_parameters``, ``conv_parameters`` (represented conv weights), ``conv_ratio``
         (predictor parameters / represented conv weights), ``fp32_reference_bytes`` (the original weights as a
-        plain fp32 safetensors file), ``file_ratio`` (file bytes / fp32 reference bytes), ``layers`` (table),
-        ``represented_layers``, ``raw_convs``, ``arch``, ``embedding``, ``predictor``, ``permute``,
-        ``compression``, ``source``, ``history``, ``tool_version``.
+        plain fp32 safetensors file), ``file_ratio`` (file bytes / fp32 reference bytes), ``represented_layers``,
+        ``coded_tensors``, ``raw_tensors``, ``arch``, ``embedding``, ``predictor``, ``permute``, ``compression``,
+        ``source``, ``history``, ``tool_version``, ``schema_version``.
 
     Raises:
         ArtifactError: for a missing, corrupt or inconsistent file.
@@ -111,24 +117,37 @@ def artifact_report(path: PathLike) -> dict[str, Any]:
     """
     nern = load_artifact(path)
     meta = read_metadata(path)
+    streams = stream_bytes(path)
     file_bytes = Path(path).stat().st_size
     reference = fp32_reference_bytes(nern)
+    rows = _tensor_table(nern, streams)
+    shares = _shares(rows)
+    warnings = []
+    if shares["raw"] > MOSTLY_RAW:
+        warnings.append(
+            f"{100 * shares['raw']:.0f}% of the parameters are stored raw: this file is barely compressed "
+            "(represent or code the large layers)"
+        )
     return {
         "path": str(path),
         "file_bytes": file_bytes,
-        "bytes": byte_breakdown(path),
+        "bytes": group_bytes(streams),
+        "streams": streams,
+        "tensors": rows,
+        "shares": shares,
+        "warnings": warnings,
         "predictor_parameters": nern.predictor_parameters(),
         "conv_parameters": nern.conv_parameters(),
         "conv_ratio": nern.conv_ratio(),
         "fp32_reference_bytes": reference,
         "file_ratio": file_bytes / reference,
-        "layers": _layer_table(nern),
         "represented_layers": len(nern.layers),
+        "coded_tensors": sum(1 for key in nern.codes if key not in {e.name for e in nern.layers}),
         "raw_convs": len(nern.raw_convs),
         "raw_tensors": len(nern.raw),
         "arch": nern.arch.to_dict(),
         "embedding": {**nern.embedding.to_dict(), "dim": nern.embedding.dim},
-        "predictor": nern.predictor.config.to_dict(),
+        "predictor": None if nern.predictor is None else nern.predictor.config.to_dict(),
         "permute": nern.permute,
         "compression": nern.compression,
         "source": nern.source,

@@ -51,3 +51,27 @@ def assert_one_line_error(result, code: int) -> None:
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("Error: ")
     assert "Traceback" not in result.stderr
+
+
+def rewrite_nern(source, target, edit_document):
+    """Copy a format-2 .nern with its JSON document changed by ``edit_document(document)`` (in place); the
+    streams stay as they are. Returns ``target``."""
+    import json
+    import struct
+    import zlib
+
+    data = source.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    body = data[8 + length :]
+    meta_start, meta_end = header["meta"]["data_offsets"]
+    streams = body[slice(*header["streams"]["data_offsets"])]
+    document = json.loads(zlib.decompress(body[meta_start:meta_end]))
+    edit_document(document)
+    meta = zlib.compress(json.dumps(document).encode())
+    header["meta"] = {"dtype": "U8", "shape": [len(meta)], "data_offsets": [0, len(meta)]}
+    header["streams"] = {"dtype": "U8", "shape": [len(streams)], "data_offsets": [len(meta), len(meta) + len(streams)]}
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + meta + streams)
+    return target

@@ -252,7 +252,7 @@ def test_select_needs_two_candidates_and_a_new_output(workspace, tmp_path):
 def test_inspect_nern_prints_ratios_and_tables(workspace):
     result = invoke("inspect", workspace["nern"])
     assert result.exit_code == 0, result.stderr
-    for label in ("conv ratio", "file ratio", "layers", "bytes on disk", "predictor", "positions", "history"):
+    for label in ("conv ratio", "file ratio", "tensors", "bytes on disk", "predictor", "positions", "history"):
         assert label in result.stdout
     report = json.loads(invoke("inspect", workspace["nern"], "--json").stdout)
     assert report["kind"] == "nern"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error, invoke, tiny_resnet_state_dict, write_random_images
+from helpers import rewrite_nern, assert_one_line_error, invoke, tiny_resnet_state_dict, write_random_images
 from safetensors.torch import load_file
 
 from nerncompress import distillation
@@ -24,17 +24,8 @@ CPU = ["--device", "cpu"]
 
 
 def edit_arch(source: Path, target: Path, **changes) -> Path:
-    """Copy a .nern with its metadata's arch spec changed (e.g. kwargs=...); the tensors stay as they are."""
-    data = source.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    arch = json.loads(header["__metadata__"]["arch"])
-    arch.update(changes)
-    header["__metadata__"]["arch"] = json.dumps(arch)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + length :])
-    return target
+    """Copy a .nern with its arch spec changed (e.g. kwargs=...); the streams stay as they are."""
+    return rewrite_nern(source, target, lambda document: document["arch"].update(changes))
 
 
 @pytest.fixture(scope="module")

@@ -293,3 +293,25 @@ def test_crafted_float_planes_are_validated():
     for bad in (valid[:-1], valid + [0], [0b110] + valid[1:]):  # short, long, flag of a third plane
         with pytest.raises(ValueError):
             decode(bad)
+
+
+def test_uniform_small_streams_never_cost_more_than_their_fixed_width():
+    """Few nearly uniform values cost the adaptive model more than it saves: they are stored packed."""
+    rng = np.random.default_rng(5)
+    for count, span in ((256, 255), (40, 7), (3, 1000), (1000, 2**20)):
+        values = rng.integers(-(span // 2), span - span // 2 + 1, count)
+        data = encode_ints(values)
+        width = max(1, (int(values.max()) - int(values.min())).bit_length())
+        assert len(data) <= (count * width + 7) // 8 + 1 + 10 + 4, (count, span)
+        assert np.array_equal(decode_ints(data, count), values)
+        assert estimate_bits(values) <= 8 * len(data) + 64
+
+
+def test_packed_streams_reject_corruption():
+    values = np.random.default_rng(6).integers(0, 200, 64)
+    data = bytearray(encode_ints(values))
+    assert data[0] == 0xFF  # packed
+    with pytest.raises(ValueError):
+        decode_ints(bytes(data[:-6]) + bytes(data[-4:]), 64)
+    with pytest.raises(ValueError):
+        decode_ints(bytes(data), 65)

@@ -7,11 +7,11 @@ Every mutant (byte flips, truncations, header edits, random bytes, all seeded) m
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import struct
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from nerncompress.artifact import save_artifact
 from nerncompress.cli import app
+from nerncompress.artifact.v1 import save_v1
 from nerncompress.compression import PruneConfig, QuantizeConfig, compress
 
 NERN_MUTANTS = 225
@@ -43,6 +44,8 @@ def seeds(tmp_path_factory) -> dict[str, Path]:
     quantized = QuantizeConfig(bits=4, group_size=8, qat_iters=0, rounding="nearest", raw_fp16=True)
     files["compressed.nern"] = folder / "compressed.nern"  # sparse, 4-bit packed, raw float16
     save_artifact(compress(pruned, quantized, device="cpu"), files["compressed.nern"])
+    files["legacy.nern"] = folder / "legacy.nern"  # format 1, still read
+    save_v1(compress(pruned, quantized, device="cpu"), files["legacy.nern"])
     files["tiny.pt"] = folder / "tiny.pt"
     torch.save(state_dict, files["tiny.pt"])
     files["tiny.safetensors"] = folder / "tiny.safetensors"
@@ -132,6 +135,41 @@ def header_edit(rng: random.Random, data: bytes) -> bytes:
     return _join_header(header, body)
 
 
+def _format_2_parts(data: bytes) -> tuple[dict, bytes, bytes] | None:
+    header, body = _split_header(data)
+    if "meta" not in header or "streams" not in header:
+        return None
+    return header, body[slice(*header["meta"]["data_offsets"])], body[slice(*header["streams"]["data_offsets"])]
+
+
+def _join_format_2(header: dict, meta: bytes, streams: bytes) -> bytes:
+    header["meta"] = {"dtype": "U8", "shape": [len(meta)], "data_offsets": [0, len(meta)]}
+    header["streams"] = {"dtype": "U8", "shape": [len(streams)], "data_offsets": [len(meta), len(meta) + len(streams)]}
+    return _join_header(header, meta + streams)
+
+
+def document_edit(rng: random.Random, data: bytes) -> bytes:
+    """Format 2: edit one value of the compressed JSON document (the structure our code interprets)."""
+    parts = _format_2_parts(data)
+    if parts is None:
+        return header_edit(rng, data)
+    header, meta, streams = parts
+    document = _edit_json(rng, json.loads(zlib.decompress(meta)))
+    return _join_format_2(header, zlib.compress(json.dumps(document).encode()), streams)
+
+
+def stream_flips(rng: random.Random, data: bytes) -> bytes:
+    """Format 2: flip bits inside the entropy-coded streams."""
+    parts = _format_2_parts(data)
+    if parts is None or not parts[2]:
+        return byte_flips(rng, data)
+    header, meta, streams = parts
+    out = bytearray(streams)
+    for _ in range(rng.randint(1, 4)):
+        out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+    return _join_format_2(header, meta, bytes(out))
+
+
 def byte_flips(rng: random.Random, data: bytes) -> bytes:
     out = bytearray(data)
     for _ in range(rng.randint(1, 8)):
@@ -161,6 +199,7 @@ def append_garbage(rng: random.Random, data: bytes) -> bytes:
 
 SAFETENSORS_MUTATIONS = (header_edit, header_edit, header_edit, byte_flips, header_byte_flips, truncate,
                          random_bytes, append_garbage)  # fmt: skip
+NERN_MUTATIONS = SAFETENSORS_MUTATIONS + (document_edit, document_edit, document_edit, stream_flips, stream_flips)
 PICKLE_MUTATIONS = (byte_flips, byte_flips, truncate, random_bytes, append_garbage)
 
 
@@ -184,11 +223,14 @@ def test_fuzz_nern_and_checkpoints(seeds, tmp_path):
     started = time.perf_counter()
     count = 0
     outcomes = {"ok": 0, "error": 0}
-    plan = [(name, NERN_MUTANTS // 3) for name in ("plain.nern", "scaled.nern", "compressed.nern")]
+    nerns = ("plain.nern", "scaled.nern", "compressed.nern", "legacy.nern")
+    plan = [(name, NERN_MUTANTS // len(nerns)) for name in nerns]
     plan += [(name, CHECKPOINT_MUTANTS // 2) for name in ("tiny.pt", "tiny.safetensors")]
     for name, mutants in plan:
         original = seeds[name].read_bytes()
         mutations = PICKLE_MUTATIONS if name.endswith(".pt") else SAFETENSORS_MUTATIONS
+        if name.endswith(".nern"):
+            mutations = NERN_MUTATIONS
         for index in range(mutants):
             mutation = rng.choice(mutations)
             mutant = tmp_path / f"{index}-{name}"

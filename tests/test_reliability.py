@@ -20,6 +20,7 @@ from helpers import invoke, tiny_fit, tiny_resnet_state_dict
 from safetensors.torch import save_file
 
 from nerncompress.artifact import save_artifact
+from nerncompress.artifact.v1 import save_v1
 from nerncompress.cli.output import EXIT_CODE_DOCS
 
 FAST_FIT = ["--iters", "4", "--hidden", "8", "--batch-size", "64", "--device", "cpu"]
@@ -67,6 +68,7 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     )}  # fmt: skip
     torch.save(state_dict, files["tiny.pt"])
     save_artifact(tiny_fit(state_dict, iters=3, hidden=8), files["tiny.nern"])
+    save_v1(tiny_fit(state_dict, iters=3, hidden=8), folder / "tiny_v1.nern")  # format 1: header edits below
     np.savez(files["images.npz"], x=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, 16))
     np.savez(files["gray.npz"], x=rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8), y=rng.integers(0, 10, 16))
     torch.save(tiny_resnet_state_dict(num_classes=100), files["teacher100.pt"])
@@ -74,6 +76,7 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     files["empty.nern"].write_bytes(b"")
     checkpoint_bytes = files["tiny.pt"].read_bytes()
     nern_bytes = files["tiny.nern"].read_bytes()
+    v1_bytes = (folder / "tiny_v1.nern").read_bytes()
     files["truncated.pt"].write_bytes(checkpoint_bytes[: len(checkpoint_bytes) // 2])
     files["truncated.nern"].write_bytes(nern_bytes[: len(nern_bytes) // 2])
     files["random.pt"].write_bytes(rng.bytes(4096))
@@ -82,8 +85,8 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     (length,) = struct.unpack("<Q", nern_bytes[:8])
     files["badjson.nern"].write_bytes(nern_bytes[:8] + b"[" + nern_bytes[9:])  # the header is no JSON object
     files["schema.nern"].write_bytes(_edit_header(nern_bytes, _set_meta("schema_version", "99")))
-    files["predictor_shape.nern"].write_bytes(_edit_header(nern_bytes, _swap_shape("predictor/")))
-    files["raw_shape.nern"].write_bytes(_edit_header(nern_bytes, _swap_shape("raw/")))
+    files["predictor_shape.nern"].write_bytes(_edit_header(v1_bytes, _swap_shape("predictor/")))
+    files["raw_shape.nern"].write_bytes(_edit_header(v1_bytes, _swap_shape("raw/")))
     nan = {k: v.clone() for k, v in state_dict.items()}
     nan["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(nan, files["nan.pt"])

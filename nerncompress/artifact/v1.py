@@ -1,4 +1,4 @@
-"""The ``.nern`` file: one safetensors container, never pickle. Only this module knows its layout.
+"""Format 1 of the ``.nern`` file (read only; ``save_v1`` remains for tests): fixed-width tensors.
 
 Tensors:
     predictor/<param>     the predictor's parameters (float32, or as ``quantization.py`` encodes them)
@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from .._version import __version__
@@ -36,7 +35,8 @@ from ..predictor import Predictor, PredictorConfig
 from ..quantization import (
     BITS, FLOAT_DTYPES, MIN_SCALE, SCALE_DTYPE, STATE_VERSION, dequantize_weight, num_groups, qmax_for, quantize_weight,
 )
-from ..safetensors_io import read_safetensors_header, save_safetensors
+from ..safetensors_io import save_safetensors
+from .state import check_state as _check_state
 
 FORMAT = "nern"
 SCHEMA_VERSION = 1
@@ -88,75 +88,16 @@ def to_tensors(nern: Nern) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def save_artifact(nern: Nern, path: str | os.PathLike) -> None:
-    """Write ``nern`` to ``path`` atomically (temporary file, then rename).
-
-    Example:
-        >>> save_artifact(nern, "resnet20.nern")
-    """
+def save_v1(nern: Nern, path: str | os.PathLike) -> None:
+    """Write ``nern`` in format 1 (fixed-width tensors). Kept so that tests can make the files older versions
+    wrote; ``save_artifact`` writes format 2."""
     tensors, metadata = to_tensors(nern)
     specs = [(key, value.dtype, tuple(value.shape)) for key, value in tensors.items()]
     save_safetensors(tensors.items(), path, specs=specs, metadata=metadata)
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``__metadata__`` of a ``.nern`` file (JSON values decoded), after checking format and version.
-
-    Raises:
-        ArtifactError: missing, unreadable or not a .nern of a supported schema.
-    """
-    if not os.path.isfile(path):
-        raise ArtifactError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: is not a file")
-    _, header = read_safetensors_header(path)
-    metadata = header.get("__metadata__")
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ArtifactError(f"{path}: not a .nern artifact (no string metadata in its header)")
-    return _parse_metadata(metadata, path)
-
-
-def load_artifact(path: str | os.PathLike, *, trust_code: bool = False) -> Nern:
-    """Load and validate a ``.nern`` file.
-
-    Args:
-        path: the file.
-        trust_code: trust the file's architecture spec: build it even when it names a user builder, and without
-            the bounds on its kwargs (see ``registry.check_arch``). Trusted files only.
-
-    Raises:
-        ArtifactError: naming the key at fault, for any missing, corrupt or inconsistent content.
-
-    Example:
-        >>> nern = load_artifact("resnet20.nern")
-    """
-    tensors, raw_metadata = _open(path)
-    meta = _parse_metadata(raw_metadata, path)
-    try:
-        return _build(tensors, meta, trust_code=trust_code)
-    except ArtifactError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the file is untrusted input: any failure to interpret it is corruption
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ArtifactError(f"{path}: inconsistent artifact ({message})") from exc
-
-
-def _open(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    if not os.path.exists(path):
-        raise ArtifactError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ArtifactError(f"{path}: is a directory, expected a .nern file")
-    if os.path.getsize(path) < 8:
-        raise ArtifactError(f"{path}: file is empty or truncated, not a .nern artifact")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own and several builtin types on corrupt input
-        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ArtifactError(f"{path}: not a readable .nern (safetensors) file: {detail}") from exc
-    return tensors, metadata
-
-
-def _parse_metadata(raw: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
+def parse_metadata(raw: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
+    """The format-1 ``__metadata__``, JSON values decoded and checked for their types."""
     if raw.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a .nern artifact (metadata 'format' is {raw.get('format')!r})")
     version = raw.get("schema_version")
@@ -184,7 +125,8 @@ def _parse_metadata(raw: dict[str, str], path: str | os.PathLike) -> dict[str, A
     return meta
 
 
-def _build(tensors: dict[str, Tensor], meta: dict[str, Any], *, trust_code: bool) -> Nern:
+def build(tensors: dict[str, Tensor], meta: dict[str, Any], *, trust_code: bool) -> Nern:
+    """The Nern of a format-1 file's tensors and parsed metadata."""
     arch = ArchSpec.from_dict(meta["arch"], trusted=trust_code)
     embedding = EmbeddingConfig(**meta["embedding"])
     predictor_config = PredictorConfig.from_dict(meta["predictor"])
@@ -318,7 +260,6 @@ def _tensor(tensors: dict[str, Tensor], key: str, shape: tuple[int, ...] | None,
 #     w.index      uint8 gaps between kept positions, packed at ``layout[w]["index_bits"]`` bits
 # Sparse weights keep their non-zero values in row-major order plus either a bitmask or delta-coded indices,
 # whichever is smaller, or stay dense when that is smaller still.
-_STATE_KEYS = ("version", "quantize", "prune", "structured", "raw_fp16", "layout")
 # Bytes a sparse encoding pays beyond its data (one more header entry and its layout record), so that a barely
 # sparse tensor stays dense.
 _SPARSE_OVERHEAD = 160
@@ -570,53 +511,3 @@ def _decode_weight(
     dense = values if kept is None else torch.zeros(numel, dtype=values.dtype).masked_scatter_(kept, values)
     dense = dense.view(shape)
     return dense if scales is None else dequantize_weight(dense, scales, spec["group_size"])
-
-
-def _check_state(state: Any, error: type[Exception]) -> dict[str, Any]:
-    """Validate a compression state's keys and values; ``error`` is the exception type to raise."""
-    if not isinstance(state, dict):
-        raise error(f"compression state must be a JSON object, got {type(state).__name__}")
-    if not state:
-        return {}
-    unknown = sorted(set(state) - set(_STATE_KEYS))
-    if unknown:
-        raise error(f"unknown compression state key {unknown[0]!r}: written by a newer nerncompress? upgrade it")
-    if state.get("version") != STATE_VERSION:
-        raise error(f"compression state version {state.get('version')!r} is not supported (this reads {STATE_VERSION})")
-    spec = state.get("quantize")
-    if spec is not None:
-        expected_keys = {"bits", "group_size", "scale_dtype", "bias_dtype"}
-        if not isinstance(spec, dict) or set(spec) != expected_keys:
-            raise error(f"compression state 'quantize' must hold exactly {sorted(expected_keys)}")
-        group_size = spec["group_size"]
-        if (
-            spec["bits"] not in BITS or isinstance(spec["bits"], bool)
-            or not (group_size is None or (type(group_size) is int and group_size >= 1))
-            or spec["scale_dtype"] != "float16" or spec["bias_dtype"] not in FLOAT_DTYPES
-        ):  # fmt: skip
-            raise error(f"compression state 'quantize' is invalid: {json.dumps(spec, sort_keys=True)}")
-    for key in ("prune", "structured"):
-        if key in state and not isinstance(state[key], dict):
-            raise error(f"compression state {key!r} must be a JSON object")
-    if "raw_fp16" in state and not isinstance(state["raw_fp16"], bool):
-        raise error("compression state 'raw_fp16' must be true or false")
-    layout = state.get("layout", {})
-    if layout and "prune" not in state:
-        raise error("compression state has a sparse 'layout' but no 'prune' entry")
-    if not isinstance(layout, dict):
-        raise error("compression state 'layout' must be a JSON object")
-    for name, entry in layout.items():
-        if not _valid_layout_entry(entry):
-            raise error(f"compression layout of {name!r} is invalid: {json.dumps(entry, sort_keys=True)}")
-    return state
-
-
-def _valid_layout_entry(entry: Any) -> bool:
-    if not isinstance(entry, dict) or type(entry.get("nnz")) is not int or entry["nnz"] < 0:
-        return False
-    if entry.get("encoding") == "bitmask":
-        return set(entry) == {"encoding", "nnz"}
-    index_bits = entry.get("index_bits")
-    return entry.get("encoding") == "delta" and set(entry) == {"encoding", "nnz", "index_bits"} and (
-        type(index_bits) is int and 1 <= index_bits <= 32
-    )

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .. import run_inspect
@@ -28,51 +29,58 @@ def inspect_command(path: PathArg, trust_pickle: TrustPickleOpt = False, json_ou
     out.result(summary, render_artifact if summary["kind"] == "nern" else render_checkpoint)
 
 
-def _render_layers(console: Console, layers: Sequence[Mapping[str, Any]]) -> None:
-    table = Table(title="layers", title_justify="left", title_style="bold")
-    for column in ("name", "shape", "k", "kernels", "stored", "bits"):
-        table.add_column(column, justify="right" if column in ("k", "kernels", "bits") else "left")
-    for row in layers:
-        stored = "predictor" if row["status"] == "represented" else f"raw: {row['reason']}"
-        bits = row["position_bits"]
+def _render_tensors(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+    table = Table(title="tensors", title_justify="left", title_style="bold")
+    for column in ("name", "shape", "stored", "bytes", "bits/value"):
+        table.add_column(column, justify="right" if column in ("bytes", "bits/value") else "left")
+    for row in rows:
+        stored = row["storage"] + (f" (step {row['step']:.3g})" if "step" in row else "")
+        if row["reason"]:
+            stored += f": {row['reason']}"
         table.add_row(
-            row["name"], "x".join(str(s) for s in row["shape"]), str(row["kernel_size"]),
-            f"{row['kernels']:,}" if row["kernels"] is not None else "-", stored, "-" if bits is None else str(bits),
+            escape(row["name"]), "x".join(str(s) for s in row["shape"]) or "scalar", stored, f"{row['bytes']:,}",
+            f"{row['bits_per_value']:.2f}",
         )  # fmt: skip
     console.print(table)
 
 
 def render_artifact(console: Console, data: Mapping[str, Any]) -> None:
-    """``nerncompress inspect`` of a ``.nern``: layers, bytes, ratios, configuration, provenance, history."""
+    """``nerncompress inspect`` of a ``.nern``: tensors, bytes, ratios, configuration, provenance, history."""
     percent = output.percent
-    _render_layers(console, data["layers"])
+    _render_tensors(console, data["tensors"])
     total = data["file_bytes"]
     sizes = Table(title="bytes on disk", title_justify="left", title_style="bold")
     sizes.add_column("group")
     sizes.add_column("bytes", justify="right")
     sizes.add_column("share", justify="right")
     for group, count in data["bytes"].items():
-        if count or group != "other":
+        if count or group not in ("other", "scales"):
             sizes.add_row(group, f"{count:,}", percent(count / total if total else None))
     sizes.add_row("total", f"{total:,}", "100.00%", style="bold")
     console.print(sizes)
-    arch, predictor, embedding = data["arch"], data["predictor"], data["embedding"]
+    arch, predictor, embedding, shares = data["arch"], data["predictor"], data["embedding"], data["shares"]
+    predictor_text = "none" if predictor is None else (
+        f"hidden {predictor['hidden']}, depth {predictor['depth']}, kernel sizes {predictor['kernel_sizes']}; "
+        f"embedding levels {embedding['levels']}, base {embedding['base']} ({embedding['dim']} dims); "
+        f"permutation {data['permute']}"
+    )  # fmt: skip
     rows = [
         ("architecture", f"{arch['name']} {json.dumps(arch['kwargs'])} (preset {arch['preset']})"),
-        ("predictor", f"hidden {predictor['hidden']}, depth {predictor['depth']}, "
-                      f"kernel sizes {predictor['kernel_sizes']}"),
-        ("embedding", f"levels {embedding['levels']}, base {embedding['base']} ({embedding['dim']} dims)"),
-        ("permutation", data["permute"]),
+        ("predictor", predictor_text),
         ("compression", compression_text(data["compression"])),
+        ("parameters", f"{percent(shares['represented'])} represented, {percent(shares['coded'])} coded, "
+                       f"{percent(shares['raw'])} raw"),
         ("conv ratio", f"{percent(data['conv_ratio'])}  ({data['predictor_parameters']:,} predictor params / "
-                       f"{data['conv_parameters']:,} conv weights)"),
+                       f"{data['conv_parameters']:,} represented conv weights)"),
         ("file ratio", f"{percent(data['file_ratio'])}  ({total:,} B / {data['fp32_reference_bytes']:,} B "
                        "fp32 safetensors)"),
-        ("layers", f"{data['represented_layers']} represented, {data['raw_convs']} conv raw, "
-                   f"{data['raw_tensors']} raw tensors"),
-        ("tool version", data.get("tool_version")),
+        ("tensors", f"{data['represented_layers']} represented, {data['coded_tensors']} coded, "
+                    f"{data['raw_tensors']} raw"),
+        ("format", f"{data.get('schema_version')} (written by nerncompress {data.get('tool_version')})"),
     ]  # fmt: skip
     console.print(output.key_value_table("summary", rows))
+    for warning in data.get("warnings", []):
+        console.print(escape(f"warning: {warning}"), style="bold yellow")
     source = data.get("source") or {}
     if source:
         console.print(output.key_value_table("source", list(source.items())))

@@ -62,8 +62,8 @@ _EXPORTS = {
     "load_data": "data",
     "MIX_METHODS": "data",
     "evaluate": "evaluation",
-    "AccuracyGate": "evaluation",
-    "enforce_gate": "evaluation",
+    "AccuracyGate": "gate",
+    "enforce_gate": "gate",
     # jobs: what each command does
     "load_model": "jobs",
     "load_datasets": "jobs",

@@ -687,3 +687,34 @@ def mix_batch(x: Tensor, *, method: str, fraction: float, generator: torch.Gener
     )  # fmt: skip
     out[start:] = torch.where(inside[:, None], x[partners], x[start:])
     return out
+
+
+def draw_batch(
+    data: ImageData | None,
+    batch_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    shape: tuple[int, int, int],
+    generator: torch.Generator,
+    augment: bool = True,
+    mix: str = "mixup",
+    mix_fraction: float = 0.5,
+    noise_low: float = -2.0,
+    noise_high: float = 2.0,
+) -> Tensor:
+    """One batch of distillation inputs: images drawn with replacement, augmented and partly blended; or, without
+    data, uniform noise images of ``shape``.
+
+    Returns:
+        float32 ``(batch_size, C, H, W)``, normalised, on the CPU.
+    """
+    if data is None:
+        return noise_batch(batch_size, shape, generator=generator, low=noise_low, high=noise_high)
+    index = torch.randint(len(data), (batch_size,), generator=generator)
+    x = to_float(data.images[index], mean=mean, std=std)
+    if augment:
+        x = augment_batch(x, generator=generator)
+    if mix != "none":
+        x = mix_batch(x, method=mix, fraction=mix_fraction, generator=generator)
+    return x

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ._version import __version__
-from .data import MIX_METHODS, ImageData, augment_batch, mix_batch, noise_batch, preset_stats, split_holdout, to_float
+from .data import MIX_METHODS, ImageData, draw_batch, preset_stats, split_holdout, to_float
 from .devices import resolve_device
 from .errors import UsageError
 from .losses import capture_features, feature_map_loss, feature_taps, kd_loss, logit_mse_loss
@@ -162,17 +162,10 @@ def student_model(nern: Nern, device: torch.device) -> nn.Module:
 
 
 def _draw_images(data, config: DistillConfig, mean, std, shape, generator, device) -> Tensor:
-    if data is None:
-        return noise_batch(
-            config.batch_size, shape, generator=generator, low=config.noise_low, high=config.noise_high
-        ).to(device)
-    index = torch.randint(len(data), (config.batch_size,), generator=generator)
-    x = to_float(data.images[index], mean=mean, std=std)
-    if config.augment:
-        x = augment_batch(x, generator=generator)
-    if config.mix != "none":
-        x = mix_batch(x, method=config.mix, fraction=config.mix_fraction, generator=generator)
-    return x.to(device)
+    return draw_batch(
+        data, config.batch_size, mean=mean, std=std, shape=shape, generator=generator, augment=config.augment,
+        mix=config.mix, mix_fraction=config.mix_fraction, noise_low=config.noise_low, noise_high=config.noise_high,
+    ).to(device)  # fmt: skip
 
 
 def disagreement_probes(

@@ -27,7 +27,8 @@ from .devices import resolve_device
 from .data import ImageData, concat_data, load_data, preset_stats, split_holdout, to_float
 from .distillation import DistillConfig, check_distillable, check_teacher, distill
 from .errors import UsageError
-from .evaluation import AccuracyGate, evaluate, most_faithful
+from .evaluation import evaluate, most_faithful
+from .gate import AccuracyGate
 from .exporter import check_export_path, export
 from .models import ArchSpec, build_model, check_arch, resolve_arch
 from .nern import check_shapes, expand_model

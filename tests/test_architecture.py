@@ -12,12 +12,13 @@ PACKAGE = Path(nerncompress.__file__).resolve().parent
 
 # Lowest first. A module may import modules of its own layer or of layers below it (docs/ARCHITECTURE.md).
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["_version", "errors", "_io", "devices", "progress", "bitpack", "entropy", "safetensors_io"]),
+    ("foundation", ["_version", "errors", "_io", "devices", "progress", "gate", "bitpack", "entropy",
+                    "safetensors_io"]),
     ("models and data", ["models", "checkpoint", "data"]),
     ("representation", ["embeddings", "permutations", "predictor", "layers", "quantization", "codes", "nern"]),
     ("storage", ["artifact"]),
     ("training", ["optim", "losses", "resume", "reconstruction", "distillation", "pruning", "rounding", "training",
-                  "compression"]),
+                  "compression", "coding"]),
     ("export and evaluation", ["onnx_export", "exporter", "evaluation"]),
     ("jobs", ["report", "demo", "jobs"]),
     ("cli", ["cli", "__main__"]),

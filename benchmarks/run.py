@@ -134,12 +134,14 @@ def recipes_for(mode: str, key: str, only: list[str] | None = None) -> list[Reci
         # ResNet-56, whose step is dominated by regenerating the weights, not by the images).
         small_batches = {**kd, "iters": steps["kd_batch64"], "batch_size": 64}
         rows.append(Recipe("decoupled, batch 64", [short_fit, ("distill", small_batches)]))
-        # The widths that reached 95% JPEG agreement on an H100 (benchmarks/results/CUDA.md), inside this budget.
+        # The widths that reached 95% JPEG agreement on an H100 (experiments/2026-11-26-predictor-width), inside
+        # this budget.
         wider = [("fit", {"iters": steps["fit_wider"]}), ("distill", {**kd, "iters": steps["kd_wider"]})]
         rows.append(Recipe("decoupled, wider", wider, hidden=WIDER_HIDDEN[key]))
         if only is not None and "decoupled, long" in only:
             # Outside the equal budget, run only when named: the H200 recipes that met the fidelity targets
-            # (CUDA.md), 12,000 fit steps and LONG_KD_STEPS distill steps, timed on this CPU.
+            # (experiments/2026-11-26-reassigned-positions, 2026-11-27-long-recipe-gpu), 12,000 fit steps and
+            # LONG_KD_STEPS distill steps, timed on this CPU.
             rows.append(Recipe("decoupled, long", [fit_stage, ("distill", {**kd, "iters": LONG_KD_STEPS[key]})]))
         if only is not None and "decoupled, long, fmd" in only:
             # The same with feature-map distillation (~1.7x per KD step): ResNet-20's KD step chosen by held-out

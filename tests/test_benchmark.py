@@ -10,7 +10,10 @@ import torch
 
 from helpers import tiny_resnet_state_dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = ROOT / "experiments" / "2026-11-27-resnet20-seeds"  # seeds_table.py and r20_seeds.sh
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(SEEDS))
 
 
 def _fake_data_dir(root: Path) -> Path:
@@ -136,7 +139,7 @@ def test_seeds_table_marks_the_selected_seed_of_each_pair(tmp_path):
     assert len(lines) == 4
     assert lines[2].startswith("| **4** | 400 + 1190 | 1,400 | 97.40% | 91.4 (-0.1 +- 0.40) | 95.5% | 95.50% (+0.25")
     assert lines[3].startswith("| 5 |") and lines[3].endswith("| 94% |")  # 4 discordant images: 15 of 16 pass
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "r20_seeds.sh"
+    script = SEEDS / "r20_seeds.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
 

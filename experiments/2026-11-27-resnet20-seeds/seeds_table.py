@@ -1,9 +1,11 @@
-"""Tables of a ``benchmarks/r20_seeds.sh`` run (or of ``cuda_recipes/run_ema.sh``'s files, evaluated the same way).
+"""Tables of a ``r20_seeds.sh`` run (or of ``run_ema.sh``'s files, evaluated the same way).
 
 ``rows``: one row per seed of one arm (``kd`` or ``ema`` files), the selected seed of each pair in bold.
 ``paired_rows``: two arms distilled from the same fits, side by side per seed, with the mean of each column.
 
-Usage: python benchmarks/seeds_table.py OUT [ARM]        python benchmarks/seeds_table.py OUT ARM_A ARM_B
+Usage (from the repository root):
+    python experiments/2026-11-27-resnet20-seeds/seeds_table.py OUT [ARM]
+    python experiments/2026-11-27-resnet20-seeds/seeds_table.py OUT ARM_A ARM_B
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run on a CUDA machine: fit / distill / eval / expand timings and the fidelity that longer
-# distillation reaches. Usage: benchmarks/cuda_check.sh DATA_DIR OUT_DIR [DEVICE]
+# distillation reaches. Usage: experiments/2026-11-26-gpu-distillation/cuda_check.sh DATA_DIR OUT_DIR [DEVICE]
 # DATA_DIR holds resnet20-12fca82f.th, resnet56-4bfd9763.th and the CIFAR-10 .npz files of ../shared/data.
 # FIT_ITERS, FIT_FLAGS, KD_ITERS, KD_FLAGS, MODELS ("resnet56 resnet20"), EXPAND, EVAL, KEEP (1/0) and NC (the
 # command) may be overridden from the environment, e.g. for a CPU smoke test. A MODELS entry may name the predictor

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ResNet-20 h=180 over several seeds with the development CPU's long recipe, the best of each pair of seeds kept by
 # `nerncompress select` on distill's held-out training images, then every file evaluated on the test images
-# (benchmarks/results/SEEDS.md).
+# (SEEDS.md in this folder).
 # Usage: r20_seeds.sh DATA OUT SEED_A SEED_B [SEED_A SEED_B ...]
 #   DATA holds resnet20-12fca82f.th, train2000_lossless.npz, train5000_jpeg.npz, test1000_lossless.npz and
 #   test10k_jpeg.npz (../shared/data/{models,cifar10} in one folder). Each seed: fit 12,000 steps, then distill
@@ -11,7 +11,7 @@
 #   FIT_ITERS and KD_ITERS (default 12000 and 1500) shorten a smoke test; HIDDEN (default 180) sets the width.
 #   EMA=0.998 distills with a moving average of the predictor's weights (distill --ema) into ARM_sN.nern (ARM:
 #   default kd); a fit_sN.nern already in OUT is distilled again rather than refitted, so that two arms share fits.
-#   Paired table of two arms: python benchmarks/seeds_table.py OUT kd ema.
+#   Paired table of two arms: python experiments/2026-11-27-resnet20-seeds/seeds_table.py OUT kd ema.
 set -euo pipefail
 D=$1; O=$2; shift 2
 NC=${NC:-nerncompress}; THREADS=${THREADS:-1}; STAGE=${STAGE:-all}

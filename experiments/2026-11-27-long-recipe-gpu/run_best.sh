@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fifth lent GPU's command (benchmarks/results/CUDA.md): the meta-compression targets measured on the best
+# The fifth lent GPU's command (NOTES.md in this folder): the meta-compression targets measured on the best
 # ResNet-56 recipe found, and ResNet-20's fidelity target over several seeds, side by side in one call.
 # r56: ResNet-56 h=280, fit FIT + distill KD56 steps (the fourth H200's recipe, 95.37% agreement), then from that
 #      float predictor, side by side: learned int8 (Q8_STEPS, the recipe selected on the fourth H200) and 50% pruning
@@ -11,7 +11,7 @@
 # Usage: run_best.sh OUT DEVICE DEADLINE FIT KD56 KD20 SEED...   (WITH_R56=0: the ResNet-20 seeds alone)
 # with .gpudata (G) holding both checkpoints, the two CIFAR-10 training files and train_kd90.npz.
 # On the lent H100 (`run_best.sh OUT cuda 548 12000 3000 3000 0 1 2 3`) the crowded pruning missed the deadline;
-# CUDA.md gives the two commands that made the pruned files after it.
+# NOTES.md gives the two commands that made the pruned files after it.
 set -uo pipefail
 O=$1; DEV=$2; DEADLINE=$3; FIT=$4; KD56=$5; KD20=$6; shift 6
 G=${G:-.gpudata}; NC=${NC:-python3 -m nerncompress}; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prune / quantize recipes on a CUDA machine, from an existing float predictor; every file made lands in OUT_DIR,
 # to be evaluated where the benchmark tables are (the GPU only makes the files).
-# Usage: benchmarks/cuda_compress.sh FLOAT.nern ORIGINAL.th RECIPES OUT_DIR [DEVICE]
+# Usage: experiments/2026-11-27-long-recipe-gpu/cuda_compress.sh FLOAT.nern ORIGINAL.th RECIPES OUT_DIR [DEVICE]
 # RECIPES holds one line per file: NAME PARENT COMMAND OPTIONS..., PARENT being "float" or an earlier NAME, e.g.
 #   q8 float quantize --bits 8 --group-size 32 --qat-iters 2000 --kd-iters 1000
 #   p50 float prune --sparsity 0.5 --finetune-iters 4000 --kd-iters 4500 --kd-lr 3e-5 --teacher @ORIGINAL@
@@ -13,7 +13,7 @@ NC=${NC:-python3 -m nerncompress}; DATA_DIR=${DATA_DIR:-.devdata}
 KD_DATA=${KD_DATA:-$DATA_DIR/train2000_lossless.npz $DATA_DIR/train5000_jpeg.npz}
 LOG=$O/log.jsonl; ERR=$O/stderr.log; W=$(mktemp -d)
 mkdir -p "$O"
-source "$(dirname "$0")/_step.sh"  # step NAME TIMEOUT CMD...
+source "$(dirname "$0")/../2026-11-26-gpu-distillation/_step.sh"  # step NAME TIMEOUT CMD...
 data_flags=""
 for file in $KD_DATA; do data_flags="$data_flags --data $file"; done
 while read -r name parent command options; do

@@ -88,7 +88,7 @@ class _FinetuneConfig:
 
     def _check_finetune(self, iters: int, flag: str) -> None:
         if iters < 0 or self.kd_iters < 0:
-            raise UsageError(f"{flag} and --kd-iters must be >= 0, got {iters} and {self.kd_iters}")
+            raise UsageError(f"{flag} and kd_iters must be >= 0, got {iters} and {self.kd_iters}")
         if not all(value is None or value > 0 for value in (self.lr, self.kd_lr)):
             raise UsageError(f"learning rates must be > 0, got lr={self.lr}, kd_lr={self.kd_lr}")
         if self.batch_size < 1 or self.kd_batch_size < 1:
@@ -161,18 +161,18 @@ class QuantizeConfig(_FinetuneConfig):
         if isinstance(self.bits, str) and self.bits.isdigit():
             self.bits = int(self.bits)
         if self.bits not in BITS or isinstance(self.bits, bool):
-            raise UsageError(f"--bits must be one of {', '.join(map(str, BITS))}, got {self.bits!r}")
+            raise UsageError(f"bits must be one of {', '.join(map(str, BITS))}, got {self.bits!r}")
         if self.group_size is not None and (isinstance(self.group_size, bool) or int(self.group_size) < 1):
-            raise UsageError(f"--group-size must be >= 1, got {self.group_size}")
+            raise UsageError(f"group_size must be >= 1, got {self.group_size}")
         if self.group_size is not None and self.bits == "fp16":
-            raise UsageError("--group-size applies to integer bits, not fp16")
+            raise UsageError("group_size applies to integer bits, not fp16")
         if self.bias_dtype not in FLOAT_DTYPES:
             raise UsageError(f"bias_dtype must be float16 or float32, got {self.bias_dtype!r}")
         if self.rounding not in ROUNDINGS:
             raise UsageError(f"unknown rounding {self.rounding!r}: choose one of {', '.join(ROUNDINGS)}")
-        self._check_finetune(self.qat_iters, "--qat-iters")
+        self._check_finetune(self.qat_iters, "qat_iters")
         if isinstance(self.rounding_iters, bool) or int(self.rounding_iters) < 1:
-            raise UsageError(f"--rounding-iters must be >= 1, got {self.rounding_iters}")
+            raise UsageError(f"rounding_iters must be >= 1, got {self.rounding_iters}")
 
     def _default_lr(self) -> float:
         return 1e-6 if self.bits == "fp16" else 3e-6 * 2.0 ** (8 - int(self.bits))
@@ -228,18 +228,18 @@ class PruneConfig(_FinetuneConfig):
         if self.method not in PRUNE_METHODS:
             raise UsageError(f"unknown pruning method {self.method!r}: choose one of {', '.join(PRUNE_METHODS)}")
         if not 0.0 <= self.sparsity < 1.0:
-            raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+            raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.scope not in PRUNE_SCOPES:
             raise UsageError(f"unknown scope {self.scope!r}: choose one of {', '.join(PRUNE_SCOPES)}")
         if self.schedule not in PRUNE_SCHEDULES:
             raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(PRUNE_SCHEDULES)}")
         if self.schedule == "gradual" and (self.method != "unstructured" or self.finetune_iters < 1):
-            raise UsageError("--schedule gradual needs unstructured pruning and --finetune-iters >= 1")
+            raise UsageError("schedule gradual needs unstructured pruning and finetune_iters >= 1")
         if not 0.0 < self.ramp <= 1.0:
             raise UsageError(f"ramp must be in (0, 1], got {self.ramp}")
-        self._check_finetune(self.finetune_iters, "--finetune-iters")
+        self._check_finetune(self.finetune_iters, "finetune_iters")
         if isinstance(self.reassign_every, bool) or int(self.reassign_every) < 0:
-            raise UsageError(f"--reassign-every must be >= 0, got {self.reassign_every}")
+            raise UsageError(f"reassign_every must be >= 0, got {self.reassign_every}")
 
     def _default_lr(self) -> float:
         return PRUNE_LR
@@ -444,7 +444,7 @@ def _raw_fp16(key: str, value: Tensor) -> Tensor:
     if value.dtype != torch.float32:
         return value
     if value.numel() and float(value.abs().max()) > 65504.0:
-        raise UsageError(f"raw tensor {key!r} holds values beyond the float16 range: drop --raw-fp16")
+        raise UsageError(f"raw tensor {key!r} holds values beyond the float16 range: drop raw_fp16")
     return round_fp16(value)
 
 

@@ -25,7 +25,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError(f"device {device} requested but no CUDA GPU is available: use --device cpu")
+            raise UsageError(f"device {device} requested but no CUDA GPU is available: use the CPU (device='cpu', --device cpu)")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
             raise UsageError(

@@ -97,29 +97,29 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if self.iters < 1:
-            raise UsageError(f"--iters must be >= 1, got {self.iters}")
+            raise UsageError(f"iters must be >= 1, got {self.iters}")
         if not self.lr > 0:
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
+            raise UsageError(f"lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.temperature > 0:
-            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+            raise UsageError(f"temperature must be > 0, got {self.temperature}")
         if self.kd_loss not in KD_LOSSES:
-            raise UsageError(f"--kd-loss must be one of {', '.join(KD_LOSSES)}, got {self.kd_loss!r}")
+            raise UsageError(f"kd_loss must be one of {', '.join(KD_LOSSES)}, got {self.kd_loss!r}")
         if self.mix not in MIX_METHODS:
-            raise UsageError(f"--mix must be one of {', '.join(MIX_METHODS)}, got {self.mix!r}")
+            raise UsageError(f"mix must be one of {', '.join(MIX_METHODS)}, got {self.mix!r}")
         if not 0.0 <= self.mix_fraction <= 1.0:
-            raise UsageError(f"--mix-fraction must be in [0, 1], got {self.mix_fraction}")
+            raise UsageError(f"mix_fraction must be in [0, 1], got {self.mix_fraction}")
         if not 0.0 <= self.probe_fraction <= 1.0:
-            raise UsageError(f"--probe-fraction must be in [0, 1], got {self.probe_fraction}")
+            raise UsageError(f"probe_fraction must be in [0, 1], got {self.probe_fraction}")
         if not self.probe_eps > 0:
-            raise UsageError(f"--probe-eps must be > 0, got {self.probe_eps}")
+            raise UsageError(f"probe_eps must be > 0, got {self.probe_eps}")
         if min(self.kd_weight, self.fmd_weight, self.recon_weight) < 0:
             raise UsageError("loss weights must be >= 0")
         if not 0.0 <= self.holdout < 1.0:
-            raise UsageError(f"--holdout must be in [0, 1), got {self.holdout}")
+            raise UsageError(f"holdout must be in [0, 1), got {self.holdout}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise UsageError(f"--ema must be in [0, 1), got {self.ema_decay}")
+            raise UsageError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as they will in the artifact

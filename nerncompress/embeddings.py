@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
@@ -31,9 +33,9 @@ class EmbeddingConfig:
 
     def __post_init__(self) -> None:
         if self.levels < 1:
-            raise ValueError(f"embedding levels must be >= 1, got {self.levels}")
+            raise UsageError(f"embedding levels must be >= 1, got {self.levels}")
         if not self.base > 0:
-            raise ValueError(f"embedding base must be > 0, got {self.base}")
+            raise UsageError(f"embedding base must be > 0, got {self.base}")
 
     @property
     def dim(self) -> int:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class PredictorConfig:
@@ -38,14 +40,14 @@ class PredictorConfig:
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.depth < 0 or self.input_dim < 1:
-            raise ValueError(f"invalid predictor shape: {self}")
+            raise UsageError(f"invalid predictor shape: {self}")
         if not self.kernel_sizes or any(k < 1 for k in self.kernel_sizes):
-            raise ValueError(f"kernel_sizes must be positive, got {self.kernel_sizes}")
+            raise UsageError(f"kernel_sizes must be positive, got {self.kernel_sizes}")
         object.__setattr__(self, "kernel_sizes", tuple(sorted(set(int(k) for k in self.kernel_sizes))))
         if self.widths is not None:
             widths = tuple(int(w) for w in self.widths)
             if len(widths) != self.depth + 1 or any(w < 1 for w in widths):
-                raise ValueError(f"widths must be {self.depth + 1} positive ints, got {self.widths}")
+                raise UsageError(f"widths must be {self.depth + 1} positive ints, got {self.widths}")
             object.__setattr__(self, "widths", widths)
 
     @property

@@ -298,7 +298,7 @@ class Checkpointer:
         if not self.resume:
             return None
         if not self.path.is_file():
-            raise UsageError(f"--resume: no resume file {self.path}: nothing to continue, run without --resume")
+            raise UsageError(f"resume: no resume file {self.path}: nothing to continue, start the run afresh")
         snapshot = read_snapshot(self.path)
         difference = _first_difference(snapshot.fingerprint, self.fingerprint)
         if difference is not None:

@@ -97,13 +97,13 @@ class FitConfig:
         if self.permute not in PERMUTATIONS:
             raise UsageError(f"unknown permutation {self.permute!r}: choose one of {', '.join(PERMUTATIONS)}")
         if self.hidden < 1:
-            raise UsageError(f"--hidden must be >= 1, got {self.hidden}")
+            raise UsageError(f"hidden must be >= 1, got {self.hidden}")
         if self.iters < 1:
-            raise UsageError(f"--iters must be >= 1, got {self.iters}")
+            raise UsageError(f"iters must be >= 1, got {self.iters}")
         if not self.lr > 0:
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
+            raise UsageError(f"lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.norm_sampling <= 1.0:
             raise UsageError(f"norm_sampling must be in [0, 1], got {self.norm_sampling}")
         if not 0.0 <= self.warmup < 1.0:
@@ -113,9 +113,9 @@ class FitConfig:
         if self.scheme not in SCHEMES:
             raise UsageError(f"unknown scheme {self.scheme!r}: choose one of {', '.join(SCHEMES)}")
         if self.reassign_every < 0:
-            raise UsageError(f"--reassign-every must be >= 0, got {self.reassign_every}")
+            raise UsageError(f"reassign_every must be >= 0, got {self.reassign_every}")
         if self.rounds < 1:
-            raise UsageError(f"--rounds must be >= 1, got {self.rounds}")
+            raise UsageError(f"rounds must be >= 1, got {self.rounds}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.levels < 1 or not self.base > 0:

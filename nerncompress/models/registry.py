@@ -221,7 +221,7 @@ def _import_user_builder(name: str) -> Builder:
         ) from exc
     builder = getattr(module, attr, None)
     if not callable(builder):
-        raise ArchDetectionError(f"module {module_name!r} has no callable {attr!r}: check --arch {name}")
+        raise ArchDetectionError(f"module {module_name!r} has no callable {attr!r}: check the architecture {name} (--arch)")
     return builder
 
 
@@ -380,7 +380,7 @@ def detect_arch(state_dict: Mapping[str, Tensor]) -> ArchSpec:
         return found[0]
     if found:
         names = ", ".join(spec.name for spec in found)
-        raise ArchDetectionError(f"checkpoint matches several architectures ({names}): pass --arch NAME to choose one")
+        raise ArchDetectionError(f"checkpoint matches several architectures ({names}): name one (arch=..., --arch NAME)")
     first = next(iter(state_dict), None)
     raise ArchDetectionError(
         f"no registered architecture matches the checkpoint ({len(state_dict)} tensors, first key {first!r}); "

@@ -24,7 +24,10 @@ __all__ = ["check_finite", "load_checkpoint", "normalize_state_dict"]
 
 # Keys under which training scripts commonly nest the weights, in order of preference.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "ema")
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
+# Prefixes stripped from every key that has them (DataParallel, torch.compile) ...
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# ... and prefixes stripped only when all keys share them: also common attribute names (Lightning's self.model).
+SHARED_PREFIXES = ("model.", "net.")
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _TRUST_HINT = "pass --trust-pickle (trust_pickle=True) only if you trust the file's source"
 
@@ -175,9 +178,12 @@ def load_checkpoint(path: PathLike, *, trust_pickle: bool = False) -> dict[str, 
 
 
 def normalize_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Strip the ``module.`` (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes, repeatedly.
+    """Strip the prefixes that training wrappers add to every key, repeatedly and in any combination.
 
-    ``num_batches_tracked`` buffers are kept when present (``registry.build_model`` tolerates their absence).
+    ``module.`` (DataParallel / DistributedDataParallel) and ``_orig_mod.`` (torch.compile) are stripped from each
+    key that has them. ``model.`` (Lightning modules) and ``net.`` are ordinary attribute names too, so they are
+    stripped only when every key starts with them. ``num_batches_tracked`` buffers are kept when present
+    (``registry.build_model`` tolerates their absence).
 
     Args:
         state_dict: keys as stored in a checkpoint.
@@ -188,11 +194,17 @@ def normalize_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         CheckpointError: when two keys become the same after stripping.
     """
+    keys = list(state_dict)
+    while True:
+        stripped = [_strip_wrappers(key) for key in keys]
+        shared = next((p for p in SHARED_PREFIXES if stripped and all(k.startswith(p) for k in stripped)), None)
+        if shared is not None:
+            stripped = [key[len(shared) :] for key in stripped]
+        if stripped == keys:
+            break
+        keys = stripped
     cleaned: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        new = key
-        while new.startswith(_STRIP_PREFIXES):
-            new = new.removeprefix("module.").removeprefix("_orig_mod.")
+    for key, new, value in zip(state_dict, keys, state_dict.values()):
         if new in cleaned:
             raise CheckpointError(
                 f"checkpoint keys {key!r} and another both become {new!r} after stripping prefixes: "
@@ -200,6 +212,13 @@ def normalize_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
             )
         cleaned[new] = value
     return cleaned
+
+
+def _strip_wrappers(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIXES):
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+    return key
 
 
 def check_finite(state_dict: Mapping[str, Tensor]) -> None:

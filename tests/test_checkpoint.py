@@ -64,6 +64,26 @@ def test_normalize_strips_prefixes_and_keeps_counters() -> None:
         normalize_state_dict({"module.0.weight": torch.zeros(1), "0.weight": torch.zeros(1)})
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    ["model.", "net.", "module.model.", "model.module.", "_orig_mod.net.", "model._orig_mod.module.", "net.model."],
+)
+def test_normalize_strips_shared_wrapper_prefixes(prefix: str) -> None:
+    sd = _state_dict()
+    cleaned = normalize_state_dict({prefix + k: v for k, v in sd.items()})
+    assert list(cleaned) == list(sd)
+    assert all(cleaned[k] is sd[k] for k in sd)
+
+
+def test_normalize_keeps_model_and_net_when_not_every_key_has_them() -> None:
+    # "model." and "net." are also ordinary attribute names: a prefix only some keys share is part of the model.
+    sd = {"model.weight": torch.zeros(2), "head.weight": torch.zeros(2), "net.bias": torch.zeros(2)}
+    assert list(normalize_state_dict(sd)) == list(sd)
+    assert list(normalize_state_dict({f"module.{k}": v for k, v in sd.items()})) == list(sd)
+    nested = {"model.net.a": torch.zeros(1), "model.net.b": torch.zeros(1), "model.head.c": torch.zeros(1)}
+    assert list(normalize_state_dict(nested)) == ["net.a", "net.b", "head.c"]
+
+
 def test_missing_and_directory(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist") as info:
         load_checkpoint(tmp_path / "nope.pt")

@@ -4,7 +4,8 @@ Each registered entry pairs a builder (``**kwargs -> nn.Module``) with an option
 (``state_dict -> kwargs | None``), so that the kwargs a detector reads off a checkpoint are always the kwargs its
 builder accepts. Besides registered names, two open-ended forms are understood:
 
-* ``"torchvision:<name>"``: any model of ``torchvision.models.get_model(name, weights=None, **kwargs)``.
+* ``"torchvision:<name>"``: any model of ``torchvision.models.get_model(name, weights=None, **kwargs)``. Every
+  classification model is also auto-detected (``torchvision_models.py`` registers that family).
 * ``"pkg.module:function"``: a user builder, imported and called with the spec's kwargs (none when resolved from
   ``--arch``). Its preset and input shape default to ``"imagenet"`` and ``(3, 224, 224)``; the function may override
   them with ``function.preset = "cifar10"`` and ``function.input_shape = (3, 32, 32)`` attributes.
@@ -18,6 +19,9 @@ kwargs outside the
 bounds its registered architecture declares (``register_arch(limits=...)``) or an outsized input shape with an
 ArchDetectionError, so that a crafted file can neither run code nor make the machine build a gigantic model.
 ``check_arch`` applies these rules without building anything.
+
+Detection: ``detect_arch`` asks every registered detector and every registered family (``register_family``: one
+detector for an open-ended set of names, such as all torchvision models) and accepts exactly one answer.
 """
 
 from __future__ import annotations
@@ -25,30 +29,42 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import re
+import sys
+import types
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
+from ..checkpoint import SHARED_PREFIXES, WRAPPER_PREFIXES
 from ..errors import ArchDetectionError, UsageError
 
 __all__ = [
     "ArchSpec",
+    "build_on_meta",
     "build_model",
     "check_arch",
     "detect_arch",
     "get_arch",
     "list_archs",
     "matches_shapes",
+    "meta_shapes",
     "register_arch",
+    "register_family",
     "resolve_arch",
+    "shapes_match",
 ]
 
 Builder = Callable[..., nn.Module]
 Detector = Callable[[Mapping[str, Tensor]], "dict[str, Any] | None"]
+Shapes = dict[str, tuple[int, ...]]
 
 TORCHVISION_PREFIX = "torchvision:"
 _DEFAULT_PRESET = "imagenet"
@@ -161,6 +177,40 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
+@dataclass(frozen=True)
+class _Family:
+    label: str
+    detect: Callable[[Mapping[str, Tensor]], "list[ArchSpec]"]
+    fit: Callable[[str, Mapping[str, Tensor]], "ArchSpec | None"]
+
+
+_FAMILIES: dict[str, _Family] = {}  # name prefix (e.g. "torchvision:") -> family
+
+
+def register_family(
+    prefix: str,
+    *,
+    label: str,
+    detect: Callable[[Mapping[str, Tensor]], list[ArchSpec]],
+    fit: Callable[[str, Mapping[str, Tensor]], ArchSpec | None],
+) -> None:
+    """Register auto-detection for an open-ended set of names ``prefix + name`` that are built without entries.
+
+    Args:
+        prefix: the names' common prefix; only ``"torchvision:"`` has a builder (see :func:`get_arch`).
+        label: how the family is named in the list of detectors tried, e.g. ``"torchvision:<every classification
+            model>"``.
+        detect: ``state_dict -> specs`` that fit it exactly (empty when none).
+        fit: ``(name without prefix, state_dict) -> spec`` of that name fitting the checkpoint exactly, or None.
+
+    Raises:
+        ValueError: when ``prefix`` already has a family.
+    """
+    if prefix in _FAMILIES:
+        raise ValueError(f"A family of architectures with prefix {prefix!r} is already registered")
+    _FAMILIES[prefix] = _Family(label, detect, fit)
+
+
 def register_arch(
     name: str,
     *,
@@ -214,15 +264,38 @@ def _available() -> str:
 def _import_user_builder(name: str) -> Builder:
     module_name, _, attr = name.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure of user code is reported the same way
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.partition(".")[0]:
+            hint = f"; put {exc.name}.py (or a package {exc.name}/) in the current folder, or its folder on PYTHONPATH"
         raise ArchDetectionError(
-            f"cannot import module {module_name!r} for --arch {name}: {type(exc).__name__}: {_first_line(exc)}"
+            f"cannot import module {module_name!r} for --arch {name}: {type(exc).__name__}: {_first_line(exc)}{hint}"
         ) from exc
     builder = getattr(module, attr, None)
     if not callable(builder):
         raise ArchDetectionError(f"module {module_name!r} has no callable {attr!r}: check the architecture {name} (--arch)")
     return builder
+
+
+def _import_module(module_name: str) -> Any:
+    """Import ``module_name``; a top-level module found nowhere else is looked for in the current folder.
+
+    The console script's ``sys.path`` lacks the current folder (``python -m`` has it), so ``--arch mymodule:build``
+    with ``mymodule.py`` next to the user would not import. The folder is appended to ``sys.path``, after every
+    installed package, so it never shadows one.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.partition(".")[0]
+        here = os.path.abspath(os.getcwd())
+        local = Path(here, f"{top}.py").is_file() or Path(here, top, "__init__.py").is_file()
+        if exc.name != top or not local or here in sys.path:
+            raise
+    sys.path.append(here)
+    importlib.invalidate_caches()
+    return importlib.import_module(module_name)
 
 
 def _torchvision_names() -> list[str]:
@@ -231,14 +304,36 @@ def _torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _build_torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
+def build_torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``torchvision.models.get_model(tv_name, weights=None, **kwargs)``, ready for plain state_dicts (MNASNet).
+
+    Raises:
+        ArchDetectionError: for a name that is not a torchvision classification model.
+    """
     import torchvision
 
     if tv_name not in _torchvision_names():
         raise ArchDetectionError(
             f"unknown torchvision model {tv_name!r}: see torchvision.models.list_models() for the names"
         )
-    return torchvision.models.get_model(tv_name, weights=None, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # googlenet / inception_v3: "default weight init will change"
+        model = torchvision.models.get_model(tv_name, weights=None, **kwargs)
+    for module in model.modules():
+        if isinstance(module, torchvision.models.MNASNet):
+            # An instance attribute: a bound method, so that deepcopy rebinds it to the copy.
+            module._load_from_state_dict = types.MethodType(_load_current_version, module)  # type: ignore
+    return model
+
+
+def _load_current_version(module: nn.Module, state_dict: Any, prefix: str, local_metadata: dict, *args: Any) -> None:
+    """MNASNet's loader, with the state_dict's version defaulting to the current one.
+
+    MNASNet refuses a state_dict without version metadata, which plain dicts (safetensors files, dict copies) lack.
+    Keys and shapes are checked against the current layout before loading, so the current version is the right one.
+    """
+    local_metadata = {"version": type(module)._version, **local_metadata}
+    type(module)._load_from_state_dict(module, state_dict, prefix, local_metadata, *args)
 
 
 def check_arch(spec: ArchSpec | str, **kwargs: Any) -> None:
@@ -271,7 +366,8 @@ def check_arch(spec: ArchSpec | str, **kwargs: Any) -> None:
     if channels > MAX_INPUT_CHANNELS or channels * height * width > MAX_INPUT_ELEMENTS:
         raise ArchDetectionError(
             f"arch {name}: input shape {spec.input_shape} from the file is beyond the bounds ({MAX_INPUT_CHANNELS} "
-            f"channels, {MAX_INPUT_ELEMENTS:,} values): corrupt or crafted? load the file with trust_code=True (--trust-code) only if you trust it"
+            f"channels, {MAX_INPUT_ELEMENTS:,} values): corrupt or crafted? load the file with trust_code=True "
+            "(--trust-code) only if you trust it"
         )
     limits = _REGISTRY[name].limits if name in _REGISTRY else TORCHVISION_LIMITS
     if limits is None:
@@ -317,7 +413,7 @@ def get_arch(spec: ArchSpec | str, **kwargs: Any) -> nn.Module:
         builder: Builder = _REGISTRY[name].builder
     elif name.startswith(TORCHVISION_PREFIX):
         tv_name = name[len(TORCHVISION_PREFIX) :]
-        builder = lambda **kw: _build_torchvision(tv_name, kw)  # noqa: E731
+        builder = lambda **kw: build_torchvision(tv_name, kw)  # noqa: E731
     elif _USER_BUILDER.match(name):
         builder = _import_user_builder(name)
     else:
@@ -352,14 +448,44 @@ def _run_detectors(state_dict: Mapping[str, Tensor]) -> tuple[list[str], list[Ar
             kwargs = None
         if kwargs is not None:
             found.append(_spec_for(name, dict(kwargs)))
+    for family in _FAMILIES.values():
+        tried.append(family.label)
+        try:
+            found.extend(family.detect(state_dict))
+        except Exception:  # noqa: BLE001 - same contract as a detector
+            continue
     return tried, found
 
 
+def _common_prefix(keys: list[str]) -> str:
+    """The longest dotted prefix (ending in ".") that every key shares and that no key equals."""
+    if not keys:
+        return ""
+    parts = keys[0].split(".")[:-1]
+    for key in keys[1:]:
+        other = key.split(".")[:-1]
+        count = 0
+        while count < min(len(parts), len(other)) and parts[count] == other[count]:
+            count += 1
+        parts = parts[:count]
+        if not parts:
+            return ""
+    return ".".join(parts) + "."
+
+
 def _prefix_hint(state_dict: Mapping[str, Tensor]) -> str:
-    first = next(iter(state_dict), "")
-    for prefix in ("module.", "_orig_mod."):
-        if first.startswith(prefix):
+    keys = list(state_dict)
+    first = keys[0] if keys else ""
+    known = WRAPPER_PREFIXES + SHARED_PREFIXES
+    for prefix in known:
+        if first.startswith(prefix) and all(k.startswith(prefix) for k in keys):
             return f"; keys start with {prefix!r}: normalise them with checkpoint.normalize_state_dict first"
+    shared = _common_prefix(keys)
+    if len(keys) > 1 and shared:
+        return (
+            f"; every key starts with {shared!r}, a prefix that is not stripped (only {', '.join(known)} are): "
+            f"if it wraps the model, save the inner model's state_dict (or remove {shared!r} from the keys)"
+        )
     return ""
 
 
@@ -380,7 +506,10 @@ def detect_arch(state_dict: Mapping[str, Tensor]) -> ArchSpec:
         return found[0]
     if found:
         names = ", ".join(spec.name for spec in found)
-        raise ArchDetectionError(f"checkpoint matches several architectures ({names}): name one (arch=..., --arch NAME)")
+        raise ArchDetectionError(
+            f"checkpoint fits several architectures exactly ({names}): name the right one (arch=...), "
+            f"e.g. --arch {found[0].name}"
+        )
     first = next(iter(state_dict), None)
     raise ArchDetectionError(
         f"no registered architecture matches the checkpoint ({len(state_dict)} tensors, first key {first!r}); "
@@ -401,9 +530,11 @@ def resolve_arch(arch: str | None, state_dict: Mapping[str, Tensor]) -> ArchSpec
     """Turn an ``--arch`` value (or its absence) into a spec that fits ``state_dict``.
 
     Args:
-        arch: ``None`` to auto-detect; a registered name; ``"torchvision:<name>"`` (``num_classes`` is read from the
-            checkpoint's last classifier weight); or ``"pkg.module:function"`` (a user builder called with no
-            arguments; preset and input shape from its ``preset`` / ``input_shape`` attributes when present).
+        arch: ``None`` to auto-detect; a registered name; ``"torchvision:<name>"`` (kwargs such as ``num_classes``
+            read from the checkpoint as auto-detection reads them; when it does not fit exactly, ``num_classes`` is
+            the rows of its last classifier weight and :func:`build_model` reports the difference); or
+            ``"pkg.module:function"`` (a user builder called with no arguments; preset and input shape from its
+            ``preset`` / ``input_shape`` attributes when present).
         state_dict: the normalised checkpoint.
 
     Returns:
@@ -440,7 +571,11 @@ def resolve_arch(arch: str | None, state_dict: Mapping[str, Tensor]) -> ArchSpec
             raise ArchDetectionError(
                 f"unknown torchvision model {tv_name!r} in --arch {arch}: see torchvision.models.list_models()"
             )
-        rows = _classifier_rows(state_dict)
+        family = _FAMILIES.get(TORCHVISION_PREFIX)
+        fitted = None if family is None else family.fit(tv_name, state_dict)
+        if fitted is not None:
+            return fitted
+        rows = _classifier_rows(state_dict)  # a guess: build_model names the first key that does not fit
         kwargs = {} if rows is None else {"num_classes": rows}
         return ArchSpec(name=arch, kwargs=kwargs, preset=_DEFAULT_PRESET, input_shape=_DEFAULT_INPUT_SHAPE)
     if _USER_BUILDER.match(arch):
@@ -452,6 +587,61 @@ def resolve_arch(arch: str | None, state_dict: Mapping[str, Tensor]) -> ArchSpec
             input_shape=tuple(getattr(builder, "input_shape", _DEFAULT_INPUT_SHAPE)),  # type: ignore[arg-type]
         )
     raise ArchDetectionError(f"unknown architecture {arch!r}: choose one of {_available()}")
+
+
+class _MetaAllocations(TorchFunctionMode):
+    """Puts tensor allocations (empty, zeros, ones, full, rand*) on the meta device and leaves tensors built from
+    values (arange, tensor, linspace) on the CPU, for builders that compute layer widths with torch (RegNet)."""
+
+    _ALLOCATORS = frozenset(
+        {torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.eye}
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = dict(kwargs or {})
+        if func in self._ALLOCATORS and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """The model ``build()`` returns, built on the meta device: shapes only, no memory, no initialisation.
+
+    Builders that read values of tensors they create (RegNet computes its widths with torch) fail on the meta
+    device; they are built again with only their allocations on it.
+
+    Args:
+        build: a no-argument callable building the model.
+
+    Returns:
+        The model, its parameters and buffers on the meta device (small index buffers may stay on the CPU).
+    """
+    try:
+        with torch.device("meta"):
+            return build()
+    except NotImplementedError:  # "Cannot copy out of meta tensor": the builder computes with tensor values
+        with _MetaAllocations():
+            return build()
+
+
+def meta_shapes(build: Callable[[], nn.Module]) -> Shapes:
+    """The state_dict shapes of the model ``build()`` returns, built with :func:`build_on_meta`.
+
+    Args:
+        build: a no-argument callable building the model.
+
+    Returns:
+        ``{key: shape}`` in state_dict order.
+    """
+    return {key: tuple(value.shape) for key, value in build_on_meta(build).state_dict().items()}
+
+
+def shapes_match(state_dict: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether ``state_dict`` has exactly the keys and shapes ``shapes``; ``num_batches_tracked`` may be absent."""
+    wanted = {k for k in shapes if not k.endswith(_BN_COUNTER) or k in state_dict}
+    if len(wanted) != len(state_dict) or not wanted.issuperset(state_dict):
+        return False
+    return all(tuple(state_dict[k].shape) == shapes[k] for k in wanted)
 
 
 def matches_shapes(state_dict: Mapping[str, Tensor], build: Callable[[], nn.Module]) -> bool:
@@ -467,12 +657,24 @@ def matches_shapes(state_dict: Mapping[str, Tensor], build: Callable[[], nn.Modu
     Returns:
         True on an exact match.
     """
-    with torch.device("meta"):
-        reference = build().state_dict()
-    wanted = {k for k in reference if not k.endswith(_BN_COUNTER) or k in state_dict}
-    if wanted != set(state_dict):
-        return False
-    return all(tuple(state_dict[k].shape) == tuple(reference[k].shape) for k in wanted)
+    return shapes_match(state_dict, meta_shapes(build))
+
+
+def _restore_shared_prefix(state_dict: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """Put back the wrapper prefixes that ``normalize_state_dict`` stripped but the model itself has.
+
+    A user builder may return the wrapper (e.g. a Lightning module whose weights are all under ``model.``).
+    """
+    if not state_dict or any(key in own for key in state_dict):
+        return state_dict
+    keys, prefix, known = list(own), "", WRAPPER_PREFIXES + SHARED_PREFIXES
+    while True:
+        step = next((p for p in known if all(k.startswith(prefix + p) for k in keys)), None)
+        if step is None:
+            return state_dict
+        prefix += step
+        if all(prefix + key in own for key in state_dict):
+            return {prefix + key: value for key, value in state_dict.items()}
 
 
 def _shape(t: Tensor) -> str:
@@ -499,6 +701,7 @@ def build_model(spec: ArchSpec, state_dict: Mapping[str, Tensor] | None = None) 
     model = get_arch(spec)
     if state_dict is not None:
         own = model.state_dict()
+        state_dict = _restore_shared_prefix(state_dict, own)
         for key, ref in own.items():
             if key not in state_dict:
                 if key.endswith(_BN_COUNTER):

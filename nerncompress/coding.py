@@ -74,6 +74,8 @@ class CodeConfig:
         stages: most fine-tuning stages (each at a coarser step than the last).
         stage_iters: fine-tuning steps per stage (0: no fine-tuning).
         lr_scale: learning rate of each weight tensor, as a share of its step per optimisation step (Adam).
+        rate_penalty: weight of a rate term in the fine-tuning loss: the mean magnitude of the weights in units of
+            their steps, a proxy of their coded bits (a Laplacian's rate grows with it); 0: KL alone.
         batch_size: images per fine-tuning step.
         mix: blending of the training images (see ``data.mix_batch``).
         sensitivity_batches: batches of the Fisher estimate.
@@ -90,8 +92,9 @@ class CodeConfig:
     search_from: float = 0.004
     growth: float = 1.25
     stages: int = 6
-    stage_iters: int = 150
-    lr_scale: float = 0.01
+    stage_iters: int = 200
+    lr_scale: float = 0.003
+    rate_penalty: float = 0.0
     batch_size: int = 64
     mix: str = "mixup"
     sensitivity_batches: int = 4
@@ -111,8 +114,8 @@ class CodeConfig:
             raise UsageError(f"growth must be > 1, got {self.growth}")
         if self.search_steps < 1 or self.stages < 0 or self.stage_iters < 0 or self.batch_size < 1:
             raise UsageError("search_steps and batch_size must be >= 1, stages and stage_iters >= 0")
-        if not self.search_from > 0 or not self.lr_scale > 0:
-            raise UsageError("search_from and lr_scale must be > 0")
+        if not self.search_from > 0 or not self.lr_scale > 0 or not self.rate_penalty >= 0:
+            raise UsageError("search_from and lr_scale must be > 0, rate_penalty >= 0")
         if not 0.0 < self.holdout < 1.0:
             raise UsageError(f"holdout must be in (0, 1), got {self.holdout}")
 
@@ -248,6 +251,8 @@ def finetune(
                                   for key, value in parameters.items()])  # fmt: skip
     mean, std = preset_stats(spec.preset)
     student, teacher = student.to(device), teacher.to(device)
+    penalised = [key for key, value in parameters.items() if value.dim() >= 2]
+    penalised_count = max(1, sum(parameters[key].numel() for key in penalised))
     loss = torch.zeros(())
     for step in range(iters):
         x = draw_batch(data, config.batch_size, mean=mean, std=std, shape=spec.input_shape, generator=generator,
@@ -257,6 +262,9 @@ def finetune(
         rounded = {key: value + (torch.round(value / steps[key]) * steps[key] - value).detach()
                    for key, value in parameters.items()}  # fmt: skip
         loss = kd_loss(functional_call(student, rounded, (x,), strict=False), target)
+        if config.rate_penalty:
+            magnitude = sum((parameters[key].abs() / steps[key]).sum() for key in penalised) / penalised_count
+            loss = loss + config.rate_penalty * magnitude
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

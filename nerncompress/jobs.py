@@ -22,6 +22,7 @@ from torch import nn
 from ._io import PathLike, atomic_path, check_output_path, check_writable_folder, sha256_file
 from .artifact import is_nern_file, load_artifact, save_artifact
 from .checkpoint import load_checkpoint
+from .coding import CodeConfig, code_checkpoint
 from .compression import PruneConfig, QuantizeConfig, compress
 from .devices import resolve_device
 from .data import ImageData, concat_data, load_data, preset_stats, split_holdout, to_float
@@ -36,6 +37,7 @@ from .progress import Reporter, silent
 from .report import (
     artifact_report,
     checkpoint_report,
+    code_summary,
     compare_results,
     compress_summary,
     distill_summary,
@@ -49,6 +51,7 @@ __all__ = [
     "load_datasets",
     "load_model",
     "run_compress",
+    "run_compress_predictor",
     "run_distill",
     "run_eval",
     "run_expand",
@@ -287,8 +290,72 @@ def run_distill(
     return summary
 
 
-# -------------------------------------------------------------------------------------------- prune / quantize
+# ----------------------------------------------------------------------------------------------------- compress
 def run_compress(
+    checkpoint: PathLike,
+    config: CodeConfig | None = None,
+    *,
+    output: PathLike | None = None,
+    arch: str | None = None,
+    data: Sequence[str] | None = None,
+    split: str = "train",
+    gate: AccuracyGate | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    trust_pickle: bool = False,
+    reporter: Reporter = silent,
+) -> dict[str, Any]:
+    """Code a checkpoint into a ``.nern`` (see ``coding.code_checkpoint``): with training images and a gate, the
+    smallest file that meets the gate on held-out training images; without images (or with ``["noise"]``), the
+    data-free codec at the configured step.
+
+    Args:
+        checkpoint: the trained model's weights.
+        config: the recipe (default ``CodeConfig()``).
+        output: the .nern to write; default: the checkpoint's name with the suffix .nern, in the current folder.
+        arch: the architecture; None detects it.
+        data: dataset specs (concatenated), ``["noise"]`` or None (data-free).
+        split: split of each dataset.
+        gate: the fidelity to reach against the original on the held-out training images. When no candidate
+            meets it, the closest one is written and the summary's ``gate`` says so.
+        device, threads, trust_pickle, reporter: as in ``run_fit``.
+
+    Returns:
+        ``report.code_summary`` of the written file, with ``gate`` when one was given.
+    """
+    config = config or CodeConfig()
+    checkpoint = Path(checkpoint)
+    target = check_output(output or Path(checkpoint.name).with_suffix(".nern"), checkpoint, *(data or []))
+    state_dict = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    spec = resolve_arch(arch, state_dict)
+    model = build_model(spec, state_dict)
+    dataset = load_datasets(data, split=split) if data else None
+    if gate is not None and dataset is None:
+        raise UsageError("an accuracy gate on compress scores held-out training images: give data (not noise)")
+    check_images(model, dataset, spec.preset)
+    source = source_provenance(checkpoint, state_dict)
+    reporter.log(f"compressing {checkpoint} ({spec.name}) on {_images(dataset) if dataset else 'no data'} -> {target}")
+    started = time.perf_counter()
+    with _threads(threads):
+        nern, record = code_checkpoint(
+            state_dict, config, arch=spec, data=dataset, target=gate, device=device, reporter=reporter, source=source
+        )
+        threads_used = torch.get_num_threads()
+    seconds = time.perf_counter() - started
+    save_artifact(nern, target)
+    summary = {**code_summary(nern, target, record, seconds=seconds), "threads": threads_used}
+    if gate is not None:
+        chosen = record["chosen"]
+        drop = None if chosen["top1"] is None else record["holdout_reference_top1"] - chosen["top1"]
+        verdict = gate.check(chosen["agreement"], drop, on="held-out training images")
+        if not verdict["passed"]:
+            verdict["message"] += f"; the closest file found is written to {target}"
+        summary["gate"] = verdict
+    return summary
+
+
+# -------------------------------------------------------------------------------------------- prune / quantize
+def run_compress_predictor(
     nern_path: PathLike,
     config: QuantizeConfig | PruneConfig,
     *,

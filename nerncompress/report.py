@@ -31,6 +31,7 @@ from .nern import Nern, fp32_reference_bytes, tensor_specs
 __all__ = [
     "artifact_report",
     "checkpoint_report",
+    "code_summary",
     "compare_results",
     "compress_summary",
     "distill_summary",
@@ -222,6 +223,36 @@ def distill_summary(nern: Nern, path: PathLike, *, seconds: float) -> dict[str, 
 
 def _drop(reference: float | None, result: float | None) -> float | None:
     return None if reference is None or result is None else reference - result
+
+
+def code_summary(nern: Nern, path: PathLike, record: Mapping[str, Any], *, seconds: float) -> dict[str, Any]:
+    """The figures ``nerncompress compress`` prints once the coded ``nern`` is saved at ``path``.
+
+    Returns:
+        ``path``, ``file_bytes``, ``fp32_reference_bytes``, ``file_ratio``, ``bits_per_parameter`` (file bits /
+        parameters of the original), ``seconds``, ``device``, ``data``, and from the coding ``record``: the
+        ``chosen`` candidate (coarseness, bytes, held-out agreement and top-1, fine-tuned steps), every
+        ``candidates`` tried, ``target_met`` and ``holdout_reference_top1`` (the original's top-1 on the held-out
+        images).
+    """
+    file_bytes = Path(path).stat().st_size
+    reference = fp32_reference_bytes(nern)
+    parameters = sum(int(torch.Size(shape).numel()) for _, _, shape in tensor_specs(nern))
+    return {
+        "path": str(path),
+        "file_bytes": file_bytes,
+        "fp32_reference_bytes": reference,
+        "file_ratio": file_bytes / reference,
+        "bits_per_parameter": 8 * file_bytes / parameters if parameters else None,
+        "seconds": seconds,
+        "device": record.get("device"),
+        "data": record.get("data"),
+        "chosen": record.get("chosen"),
+        "candidates": record.get("candidates"),
+        "target_met": record.get("target_met"),
+        "holdout_reference_top1": record.get("holdout_reference_top1"),
+        "arch": nern.arch.to_dict(),
+    }
 
 
 def compress_summary(nern: Nern, input_path: PathLike, path: PathLike, *, seconds: float) -> dict[str, Any]:

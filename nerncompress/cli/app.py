@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from . import compress, demo, distill, env, evaluate, expand, fit, inspect, output, select
+from . import compress, compress_predictor, demo, distill, env, evaluate, expand, fit, inspect, output, select
 
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
@@ -103,11 +103,12 @@ def _root(
     """Compress trained CNN checkpoints into a small predictor network (NeRN) and expand them back."""
 
 
-# In the order of the job: fit, distill, compress the predictor, expand; then the tools around it.
+# The whole job first, then its stages in order (fit, distill, compress the predictor, expand), then the tools.
+app.command("compress", epilog=compress.EPILOG)(compress.compress_command)
 app.command("fit", epilog=fit.EPILOG)(fit.fit_command)
 app.command("distill", epilog=distill.EPILOG)(distill.distill_command)
-app.command("quantize", epilog=compress.QUANTIZE_EPILOG)(compress.quantize_command)
-app.command("prune", epilog=compress.PRUNE_EPILOG)(compress.prune_command)
+app.command("quantize", epilog=compress_predictor.QUANTIZE_EPILOG)(compress_predictor.quantize_command)
+app.command("prune", epilog=compress_predictor.PRUNE_EPILOG)(compress_predictor.prune_command)
 app.command("expand", epilog=expand.EPILOG)(expand.expand_command)
 app.command("eval", epilog=evaluate.EPILOG)(evaluate.eval_command)
 app.command("select", epilog=select.EPILOG)(select.select_command)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .. import run_inspect
 from . import output
-from .compress import compression_text
+from .compress_predictor import compression_text
 from .options import JsonOpt, TrustPickleOpt, examples
 
 PathArg = Annotated[Path, typer.Argument(help="A .nern artifact or a checkpoint.")]

@@ -1,0 +1,254 @@
+"""NNCodec (MPEG NNC, the standard neural-network codec) as a baseline, measured with the benchmark's own evaluation.
+
+    bash benchmarks/nncodec/setup.sh                                   # once: the codec's own virtualenv
+    python benchmarks/nncodec_sweep.py --data-dir ../shared/data       # the committed results
+    python benchmarks/nncodec_sweep.py --data-dir ../shared/data --quick   # 2 points per model, a smoke run
+
+For every model and every point of the sweep (each qp, with and without the encoder's per-tensor ``opt_qp``),
+benchmarks/nncodec/codec.py runs in the NNCodec virtualenv: it encodes the checkpoint, writes the bitstream,
+decodes it from the file and writes the decoded weights. This script (project virtualenv) then evaluates them
+with the same code path as benchmarks/run.py: top-1 on test1000_lossless, top-1 agreement and paired delta
+against the original (evaluated in the same run) on test10k_jpeg. Sizes are the bitstream's bytes on disk,
+ratios against the original saved as a plain fp32 safetensors state_dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_common import cpu_device, git_commit, load_test_sets, save_fp32_reference  # noqa: E402
+from run import Evaluator  # noqa: E402
+
+from nerncompress.checkpoint import load_checkpoint, normalize_state_dict  # noqa: E402
+from nerncompress.data import preset_stats  # noqa: E402
+from nerncompress.models import resolve_arch  # noqa: E402
+
+CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
+DEFAULT_QPS = list(range(-38, -17, 2))  # -38 .. -18: each +4 doubles the quantization step
+QUICK_QPS = {False: -30, True: -28}  # quick mode: one point without opt_qp, one with
+CODEC_SCRIPT = ROOT / "benchmarks" / "nncodec" / "codec.py"
+DEFAULT_CODEC_PYTHON = ROOT / ".nncodec-venv" / "bin" / "python"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One encoder setting of the sweep."""
+
+    qp: int
+    opt_qp: bool
+    use_dq: bool = True
+
+    @property
+    def method(self) -> str:
+        """The row's name, e.g. ``NNCodec qp=-28 opt_qp dq``."""
+        return " ".join(["NNCodec", f"qp={self.qp}", *(["opt_qp"] if self.opt_qp else []), *(["dq"] if self.use_dq else [])])
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe form of the setting."""
+        return f"qp{self.qp}{'_optqp' if self.opt_qp else ''}{'_dq' if self.use_dq else ''}"
+
+
+def sweep_points(qps: list[int], *, quick: bool = False, use_dq: bool = True) -> list[Point]:
+    """Every qp without opt_qp, then every qp with it (two curves); quick mode keeps one point of each."""
+    if quick:
+        return [Point(qp, opt_qp, use_dq) for opt_qp, qp in QUICK_QPS.items()]
+    return [Point(qp, opt_qp, use_dq) for opt_qp in (False, True) for qp in qps]
+
+
+def codec_command(python: Path, checkpoint: Path, point: Point, bitstream: Path, decoded: Path, threads: int) -> list[str]:
+    """The command line that runs codec.py in the NNCodec virtualenv for one point."""
+    return [
+        str(python), str(CODEC_SCRIPT), str(checkpoint), "--qp", str(point.qp),
+        "--use-dq" if point.use_dq else "--no-use-dq", *(["--opt-qp"] if point.opt_qp else []),
+        "--bitstream", str(bitstream), "--decoded", str(decoded), "--threads", str(threads),
+    ]  # fmt: skip
+
+
+def parse_codec_output(stdout: str) -> dict[str, Any]:
+    """The JSON report that codec.py prints as its last line of stdout."""
+    lines = [line for line in stdout.splitlines() if line.strip().startswith("{")]
+    if not lines:
+        raise RuntimeError(f"codec.py printed no JSON report; its stdout ended with: {stdout[-500:]!r}")
+    report = json.loads(lines[-1])
+    missing = {"bytes", "encode_seconds", "decode_seconds", "threads"} - set(report)
+    if missing:
+        raise RuntimeError(f"codec.py's report lacks {sorted(missing)}: {report}")
+    return report
+
+
+def run_codec(python: Path, checkpoint: Path, point: Point, work: Path, threads: int) -> tuple[dict[str, Any], Path]:
+    """Encode and decode ``checkpoint`` at ``point`` in the NNCodec virtualenv: (its report, the decoded file)."""
+    bitstream = work / f"{checkpoint.stem}.{point.slug}.nnc"
+    decoded = work / f"{checkpoint.stem}.{point.slug}.safetensors"
+    env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
+    env.pop("PYTHONPATH", None)  # the codec's environment must not see the project's package
+    done = subprocess.run(codec_command(python, checkpoint, point, bitstream, decoded, threads), env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"codec.py failed ({done.returncode}) on {checkpoint.name} {point.method}:\n{done.stderr[-3000:]}")
+    report = parse_codec_output(done.stdout)
+    if report["bytes"] != bitstream.stat().st_size:
+        raise RuntimeError(f"codec.py reported {report['bytes']} bytes, the file has {bitstream.stat().st_size}")
+    return report, decoded
+
+
+def file_ratio(size: int, reference_bytes: int) -> float:
+    """Bytes of a file over bytes of the fp32 safetensors state_dict."""
+    return round(size / reference_bytes, 5)
+
+
+def build_row(model: str, point: Point, codec: dict[str, Any], figures: dict[str, Any], reference_bytes: int) -> dict:
+    """One result row from the codec's report and the evaluation figures of its decoded weights."""
+    return {
+        "model": model, "method": point.method, "kind": "baseline",
+        "qp": point.qp, "opt_qp": point.opt_qp, "use_dq": point.use_dq,
+        "bytes": codec["bytes"], "file_ratio": file_ratio(codec["bytes"], reference_bytes),
+        "top1_lossless": figures["top1_lossless"], "delta_jpeg": figures["delta_jpeg"],
+        "agreement_jpeg": figures["agreement_jpeg"], "top1_jpeg": figures.get("top1_jpeg"),
+        "encode_seconds": codec["encode_seconds"], "decode_seconds": codec["decode_seconds"], "threads": codec["threads"],
+    }  # fmt: skip
+
+
+def reference_row(model: str, reference_bytes: int, figures: dict[str, Any]) -> dict:
+    """The original checkpoint's row (fp32 safetensors): the reference of every ratio and paired figure."""
+    return {
+        "model": model, "method": "original fp32", "kind": "reference", "qp": None, "opt_qp": None, "use_dq": None,
+        "bytes": reference_bytes, "file_ratio": 1.0, "top1_lossless": figures["top1_lossless"],
+        "delta_jpeg": figures["delta_jpeg"], "agreement_jpeg": figures["agreement_jpeg"],
+        "top1_jpeg": figures.get("top1_jpeg"), "encode_seconds": None, "decode_seconds": None, "threads": None,
+    }  # fmt: skip
+
+
+def sweep_model(model: str, checkpoint: Path, *, data_dir: Path, work: Path, points: list[Point], python: Path,
+                threads: int, quick: bool) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """All points of one model: (rows, codec reports). The original is evaluated first, in the same run."""
+    from safetensors.torch import load_file
+
+    work.mkdir(parents=True, exist_ok=True)
+    state_dict = normalize_state_dict(load_checkpoint(checkpoint))
+    arch = resolve_arch(None, state_dict)
+    mean, std = preset_stats(arch.preset)
+    lossless, jpeg = load_test_sets(data_dir, quick=quick)
+    evaluate_state = Evaluator(arch, lossless, jpeg, mean, std)
+    reference_bytes = save_fp32_reference(state_dict, work / f"{model}.fp32.safetensors")
+    rows = [reference_row(model, reference_bytes, evaluate_state(state_dict))]
+    reports = []
+    for point in points:
+        report, decoded = run_codec(python, checkpoint, point, work, threads)
+        row = build_row(model, point, report, evaluate_state(load_file(str(decoded))), reference_bytes)
+        rows.append(row)
+        reports.append(report)
+        print(json.dumps({k: row[k] for k in ("model", "method", "file_ratio", "top1_lossless", "agreement_jpeg", "delta_jpeg")}),
+              flush=True)  # fmt: skip
+    return rows, reports
+
+
+def write_json(rows: list[dict], meta: dict, path: Path) -> None:
+    """``{"meta": ..., "rows": [...]}``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown_table(rows: list[dict], meta: dict) -> str:
+    """The results as Markdown: a line about the run, then one table row per result row."""
+    lines = [
+        "# NNCodec (MPEG NNC) baseline",
+        "",
+        f"Measured {meta['date']} on {meta['device']} with {meta['threads']} threads, nncodec {meta['nncodec']} "
+        f"(torch {meta['nncodec_torch']} in its own virtualenv), evaluation with torch {meta['torch']}, "
+        f"commit {meta['commit'][:10]}, mode {meta['mode']}. Command: `{meta['command']}`.",
+        "",
+        "File ratio = bitstream bytes / bytes of the fp32 safetensors state_dict. Top-1 on test1000_lossless; "
+        "agreement and paired delta against the original on test10k_jpeg. Data-free: no image is used to encode.",
+        "",
+        "| model | method | qp | opt_qp | bytes | file ratio | top-1 lossless | agreement (jpeg) | delta (jpeg, paired) "
+        "| encode s | decode s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        opt = "" if r["opt_qp"] is None else ("yes" if r["opt_qp"] else "no")
+        lines.append(
+            f"| {r['model']} | {r['method']} | {_cell(r['qp'], 'd')} | {opt} | {r['bytes']:,} | {r['file_ratio']:.2%} "
+            f"| {r['top1_lossless']:.1f} | {r['agreement_jpeg']:.2f}% | {r['delta_jpeg']:+.2f} "
+            f"| {_cell(r['encode_seconds'], '.2f')} | {_cell(r['decode_seconds'], '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown_table(rows, meta))
+
+
+def make_meta(args: argparse.Namespace, reports: list[dict], argv: list[str]) -> dict:
+    """What the results file records about its run."""
+    versions = reports[0]["versions"] if reports else {}
+    return {
+        "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "torch": torch.__version__,
+        "nncodec": versions.get("nncodec", "unknown"), "nncodec_torch": versions.get("torch", "unknown"),
+        "nncodec_numpy": versions.get("numpy", "unknown"), "device": cpu_device(), "threads": args.threads,
+        "mode": "quick" if args.quick else "full", "jpeg_images": "first 2000" if args.quick else "all 10000",
+        "command": " ".join(["nncodec_sweep.py", *argv]),
+    }  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--models", nargs="+", choices=sorted(CHECKPOINTS), default=list(CHECKPOINTS))
+    parser.add_argument("--qps", nargs="+", type=int, default=DEFAULT_QPS,
+                        help="qp values, each run with and without opt_qp")  # fmt: skip
+    parser.add_argument("--no-dq", action="store_true", help="plain uniform quantization instead of dependent (trellis)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="folder for nncodec.json and nncodec.md")  # fmt: skip
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nncodec", help="bitstreams and decoded weights")
+    parser.add_argument("--python", type=Path, default=Path(os.environ.get("NNCODEC_PYTHON", DEFAULT_CODEC_PYTHON)),
+                        help="python of the NNCodec virtualenv (benchmarks/nncodec/setup.sh)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="2 points per model and 2000 JPEG images: a smoke run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if not args.python.exists():
+        raise SystemExit(f"no NNCodec virtualenv at {args.python}: run  bash benchmarks/nncodec/setup.sh")
+    torch.set_num_threads(args.threads)
+    points = sweep_points(args.qps, quick=args.quick, use_dq=not args.no_dq)
+    rows: list[dict] = []
+    reports: list[dict] = []
+    for model in args.models:
+        checkpoint = args.data_dir / "models" / CHECKPOINTS[model]
+        model_rows, model_reports = sweep_model(model, checkpoint, data_dir=args.data_dir, work=args.work, points=points,
+                                                python=args.python, threads=args.threads, quick=args.quick)  # fmt: skip
+        rows += model_rows
+        reports += model_reports
+    meta = make_meta(args, reports, argv)
+    write_json(rows, meta, args.out / "nncodec.json")
+    write_markdown(rows, meta, args.out / "nncodec.md")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

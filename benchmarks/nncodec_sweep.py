@@ -178,6 +178,9 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
         f"(torch {meta['nncodec_torch']} in its own virtualenv), evaluation with torch {meta['torch']}, "
         f"commit {meta['commit'][:10]}, mode {meta['mode']}. Command: `{meta['command']}`.",
         "",
+        f"Load average (1/5/15 min) at start {meta.get('load_average_start')}, at end {meta.get('load_average_end')}, "
+        f"wall time {meta.get('wall_seconds')} s: other jobs on the same cores slow the encode and decode times.",
+        "",
         "File ratio = bitstream bytes / bytes of the fp32 safetensors state_dict. Top-1 on test1000_lossless; "
         "agreement and paired delta against the original on test10k_jpeg. Data-free: no image is used to encode.",
         "",
@@ -200,7 +203,16 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
     path.write_text(markdown_table(rows, meta))
 
 
-def make_meta(args: argparse.Namespace, reports: list[dict], argv: list[str]) -> dict:
+def load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load averages: other jobs on the same cores inflate every timing."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def make_meta(args: argparse.Namespace, reports: list[dict], argv: list[str], *, load_at_start: list[float] | None = None,
+              seconds: float | None = None) -> dict:  # fmt: skip
     """What the results file records about its run."""
     versions = reports[0]["versions"] if reports else {}
     return {
@@ -209,6 +221,8 @@ def make_meta(args: argparse.Namespace, reports: list[dict], argv: list[str]) ->
         "nncodec_numpy": versions.get("numpy", "unknown"), "device": cpu_device(), "threads": args.threads,
         "mode": "quick" if args.quick else "full", "jpeg_images": "first 2000" if args.quick else "all 10000",
         "command": " ".join(["nncodec_sweep.py", *argv]),
+        "load_average_start": load_at_start, "load_average_end": load_average(),
+        "wall_seconds": None if seconds is None else round(seconds, 1),
     }  # fmt: skip
 
 
@@ -235,6 +249,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not args.python.exists():
         raise SystemExit(f"no NNCodec virtualenv at {args.python}: run  bash benchmarks/nncodec/setup.sh")
     torch.set_num_threads(args.threads)
+    started, load_at_start = time.perf_counter(), load_average()
     points = sweep_points(args.qps, quick=args.quick, use_dq=not args.no_dq)
     rows: list[dict] = []
     reports: list[dict] = []
@@ -244,7 +259,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                 python=args.python, threads=args.threads, quick=args.quick)  # fmt: skip
         rows += model_rows
         reports += model_reports
-    meta = make_meta(args, reports, argv)
+    meta = make_meta(args, reports, argv, load_at_start=load_at_start, seconds=time.perf_counter() - started)
     write_json(rows, meta, args.out / "nncodec.json")
     write_markdown(rows, meta, args.out / "nncodec.md")
     return rows

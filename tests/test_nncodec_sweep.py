@@ -90,6 +90,7 @@ def test_writers(tmp_path):
     meta = sweep.make_meta(args, [FAKE_REPORT], ["--threads", "2"])
     assert meta["nncodec"] == "2.1.3" and meta["threads"] == 2 and meta["device"].startswith("CPU")
     assert meta["command"] == "nncodec_sweep.py --threads 2" and meta["mode"] == "full"
+    assert len(meta["load_average_end"]) == 3
     sweep.write_json(rows, meta, tmp_path / "nncodec.json")
     sweep.write_markdown(rows, meta, tmp_path / "nncodec.md")
     assert json.loads((tmp_path / "nncodec.json").read_text()) == {"meta": meta, "rows": rows}

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -64,11 +64,27 @@ class Point:
         return f"qp{self.qp}{'_optqp' if self.opt_qp else ''}{'_dq' if self.use_dq else ''}"
 
 
-def sweep_points(qps: list[int], *, quick: bool = False, use_dq: bool = True) -> list[Point]:
-    """Every qp without opt_qp, then every qp with it (two curves); quick mode keeps one point of each."""
+def sweep_points(qps: list[int], *, opt_qps: list[int] | None = None, quick: bool = False, use_dq: bool = True) -> list[Point]:
+    """The points in the order they run: qp by qp as given (``qps``, then the ``opt_qps`` not in it), each without
+    opt_qp when in ``qps`` and with it when in ``opt_qps`` (default: ``qps``). Giving a coarse grid first lets an
+    interrupted sweep (``--resume``) still span the whole range. Quick mode keeps one point of each kind."""
     if quick:
         return [Point(qp, opt_qp, use_dq) for opt_qp, qp in QUICK_QPS.items()]
-    return [Point(qp, opt_qp, use_dq) for opt_qp in (False, True) for qp in qps]
+    opt_qps = qps if opt_qps is None else opt_qps
+    order = list(dict.fromkeys([*qps, *opt_qps]))
+    return [Point(qp, opt, use_dq) for qp in order for opt in (False, True) if qp in (opt_qps if opt else qps)]
+
+
+def ordered_rows(rows: list[dict], models: list[str]) -> list[dict]:
+    """Rows for the table: model by model, the original first, then the points without opt_qp from the finest qp
+    to the coarsest, then those with it."""
+    rank = {model: i for i, model in enumerate(models)}
+
+    def key(row: dict) -> tuple:
+        reference = row["qp"] is None
+        return (rank.get(row["model"], len(rank)), row["model"], not reference, bool(row["opt_qp"]), row["qp"] or 0)
+
+    return sorted(rows, key=key)
 
 
 def codec_command(python: Path, checkpoint: Path, point: Point, bitstream: Path, decoded: Path, threads: int) -> list[str]:
@@ -136,8 +152,9 @@ def reference_row(model: str, reference_bytes: int, figures: dict[str, Any]) -> 
 
 
 def sweep_model(model: str, checkpoint: Path, *, data_dir: Path, work: Path, points: list[Point], python: Path,
-                threads: int, quick: bool) -> tuple[list[dict], list[dict]]:  # fmt: skip
-    """All points of one model: (rows, codec reports). The original is evaluated first, in the same run."""
+                threads: int, quick: bool, on_row: Callable[[dict, dict | None], None]) -> None:  # fmt: skip
+    """Every point of one model, each row handed to ``on_row(row, codec report)`` as soon as it is measured. The
+    original is evaluated first, in the same run (its row comes with no report)."""
     from safetensors.torch import load_file
 
     work.mkdir(parents=True, exist_ok=True)
@@ -147,16 +164,10 @@ def sweep_model(model: str, checkpoint: Path, *, data_dir: Path, work: Path, poi
     lossless, jpeg = load_test_sets(data_dir, quick=quick)
     evaluate_state = Evaluator(arch, lossless, jpeg, mean, std)
     reference_bytes = save_fp32_reference(state_dict, work / f"{model}.fp32.safetensors")
-    rows = [reference_row(model, reference_bytes, evaluate_state(state_dict))]
-    reports = []
+    on_row(reference_row(model, reference_bytes, evaluate_state(state_dict)), None)
     for point in points:
         report, decoded = run_codec(python, checkpoint, point, work, threads)
-        row = build_row(model, point, report, evaluate_state(load_file(str(decoded))), reference_bytes)
-        rows.append(row)
-        reports.append(report)
-        print(json.dumps({k: row[k] for k in ("model", "method", "file_ratio", "top1_lossless", "agreement_jpeg", "delta_jpeg")}),
-              flush=True)  # fmt: skip
-    return rows, reports
+        on_row(build_row(model, point, report, evaluate_state(load_file(str(decoded))), reference_bytes), report)
 
 
 def write_json(rows: list[dict], meta: dict, path: Path) -> None:
@@ -174,12 +185,15 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
     lines = [
         "# NNCodec (MPEG NNC) baseline",
         "",
-        f"Measured {meta['date']} on {meta['device']} with {meta['threads']} threads, nncodec {meta['nncodec']} "
-        f"(torch {meta['nncodec_torch']} in its own virtualenv), evaluation with torch {meta['torch']}, "
-        f"commit {meta['commit'][:10]}, mode {meta['mode']}. Command: `{meta['command']}`.",
+        f"Measured on {meta['device']} with {meta['threads']} threads, nncodec {meta['nncodec']} "
+        f"(torch {meta['nncodec_torch']} in its own virtualenv), evaluation with torch {meta['torch']}, mode {meta['mode']}.",
         "",
-        f"Load average (1/5/15 min) at start {meta.get('load_average_start')}, at end {meta.get('load_average_end')}, "
-        f"wall time {meta.get('wall_seconds')} s: other jobs on the same cores slow the encode and decode times.",
+        "Runs (a row's `run` in nncodec.json; load averages over 1/5/15 min: other jobs on the same cores slow the "
+        "encode and decode times):",
+        "",
+        *[f"{i}. {run['date']}, commit {run['commit'][:10]}, `{run['command']}`: {run['points']} points in "
+          f"{run['wall_seconds']} s, load {run['load_average_start']} at start, {run['load_average_end']} at end."
+          for i, run in enumerate(meta.get("runs", [meta]))],  # fmt: skip
         "",
         "File ratio = bitstream bytes / bytes of the fp32 safetensors state_dict. Top-1 on test1000_lossless; "
         "agreement and paired delta against the original on test10k_jpeg. Data-free: no image is used to encode.",
@@ -216,6 +230,7 @@ def make_meta(args: argparse.Namespace, reports: list[dict], argv: list[str], *,
     """What the results file records about its run."""
     versions = reports[0]["versions"] if reports else {}
     return {
+        "points": len(reports),
         "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "torch": torch.__version__,
         "nncodec": versions.get("nncodec", "unknown"), "nncodec_torch": versions.get("torch", "unknown"),
         "nncodec_numpy": versions.get("numpy", "unknown"), "device": cpu_device(), "threads": args.threads,
@@ -239,8 +254,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nncodec", help="bitstreams and decoded weights")
     parser.add_argument("--python", type=Path, default=Path(os.environ.get("NNCODEC_PYTHON", DEFAULT_CODEC_PYTHON)),
                         help="python of the NNCodec virtualenv (benchmarks/nncodec/setup.sh)")  # fmt: skip
+    parser.add_argument("--opt-qps", nargs="+", type=int, default=None,
+                        help="qp values run with opt_qp (default: those of --qps)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="2 points per model and 2000 JPEG images: a smoke run")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of an earlier run in OUT/nncodec.json and run only the missing points")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def load_earlier(path: Path, mode: str) -> tuple[list[dict], list[dict]]:
+    """The rows and runs of an earlier results file, for ``--resume`` (none when it does not exist)."""
+    if not path.exists():
+        return [], []
+    earlier = json.loads(path.read_text())
+    if earlier["meta"]["mode"] != mode:
+        raise SystemExit(f"{path} holds a {earlier['meta']['mode']} run: --resume continues only a run of the same mode")
+    return earlier["rows"], earlier["meta"].get("runs", [earlier["meta"]])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -250,19 +279,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"no NNCodec virtualenv at {args.python}: run  bash benchmarks/nncodec/setup.sh")
     torch.set_num_threads(args.threads)
     started, load_at_start = time.perf_counter(), load_average()
-    points = sweep_points(args.qps, quick=args.quick, use_dq=not args.no_dq)
-    rows: list[dict] = []
+    mode = "quick" if args.quick else "full"
+    earlier_rows, earlier_runs = load_earlier(args.out / "nncodec.json", mode) if args.resume else ([], [])
+    rows = {(row["model"], row["method"]): row for row in earlier_rows}
+    models = list(dict.fromkeys([*args.models, *(row["model"] for row in earlier_rows)]))
     reports: list[dict] = []
+
+    def record(row: dict, report: dict | None) -> None:
+        """Keep one measured row and rewrite both results files (an interrupted sweep keeps what it measured)."""
+        rows[(row["model"], row["method"])] = {**row, "run": len(earlier_runs)}
+        reports.extend([report] if report else [])
+        if report:
+            print(json.dumps({k: row[k] for k in ("model", "method", "file_ratio", "top1_lossless", "agreement_jpeg",
+                                                  "delta_jpeg")}), flush=True)  # fmt: skip
+        run = make_meta(args, reports, argv, load_at_start=load_at_start, seconds=time.perf_counter() - started)
+        if not reports and earlier_runs:  # versions of the codec, from the earlier run until this one has its own
+            run.update({k: earlier_runs[-1][k] for k in ("nncodec", "nncodec_torch", "nncodec_numpy")})
+        meta = {**run, "runs": [*earlier_runs, run]}
+        table = ordered_rows(list(rows.values()), models)
+        write_json(table, meta, args.out / "nncodec.json")
+        write_markdown(table, meta, args.out / "nncodec.md")
+
+    points = sweep_points(args.qps, opt_qps=args.opt_qps, quick=args.quick, use_dq=not args.no_dq)
     for model in args.models:
         checkpoint = args.data_dir / "models" / CHECKPOINTS[model]
-        model_rows, model_reports = sweep_model(model, checkpoint, data_dir=args.data_dir, work=args.work, points=points,
-                                                python=args.python, threads=args.threads, quick=args.quick)  # fmt: skip
-        rows += model_rows
-        reports += model_reports
-    meta = make_meta(args, reports, argv, load_at_start=load_at_start, seconds=time.perf_counter() - started)
-    write_json(rows, meta, args.out / "nncodec.json")
-    write_markdown(rows, meta, args.out / "nncodec.md")
-    return rows
+        todo = [point for point in points if (model, point.method) not in rows]
+        sweep_model(model, checkpoint, data_dir=args.data_dir, work=args.work, points=todo, python=args.python,
+                    threads=args.threads, quick=args.quick, on_row=record)  # fmt: skip
+    return ordered_rows(list(rows.values()), models)
 
 
 if __name__ == "__main__":

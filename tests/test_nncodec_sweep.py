@@ -27,7 +27,9 @@ FAKE_FIGURES = {"top1_lossless": 91.1, "top1_jpeg": 80.5, "delta_jpeg": -0.53, "
 
 def test_points_cover_each_qp_with_and_without_opt_qp():
     points = sweep.sweep_points([-30, -28])
-    assert [(p.qp, p.opt_qp) for p in points] == [(-30, False), (-28, False), (-30, True), (-28, True)]
+    assert [(p.qp, p.opt_qp) for p in points] == [(-30, False), (-30, True), (-28, False), (-28, True)]
+    points = sweep.sweep_points([-34, -26], opt_qps=[-28, -34])  # in the order given: a coarse grid can go first
+    assert [(p.qp, p.opt_qp) for p in points] == [(-34, False), (-34, True), (-26, False), (-28, True)]
     assert all(p.use_dq for p in points)
     quick = sweep.sweep_points(sweep.DEFAULT_QPS, quick=True)
     assert len(quick) == 2 and {p.opt_qp for p in quick} == {False, True}
@@ -141,6 +143,7 @@ def test_main_with_a_fake_codec(tmp_path):
     assert [row["method"] for row in rows] == [
         "original fp32", "NNCodec qp=-40 dq", "NNCodec qp=-10 dq", "NNCodec qp=-40 opt_qp dq", "NNCodec qp=-10 opt_qp dq"
     ]  # fmt: skip
+    assert {row["run"] for row in rows} == {0}
     reference, fine, coarse = rows[0], rows[1], rows[2]
     assert reference["agreement_jpeg"] == 100.0 and reference["delta_jpeg"] == 0.0
     assert fine["bytes"] == 960 and fine["file_ratio"] == round(960 / reference["bytes"], 5)
@@ -149,6 +152,18 @@ def test_main_with_a_fake_codec(tmp_path):
     saved = json.loads((out / "nncodec.json").read_text())
     assert saved["rows"] == rows and saved["meta"]["nncodec"] == "fake" and saved["meta"]["threads"] == 1
     assert (out / "nncodec.md").read_text().count("\n| resnet20 |") == 5
+    assert saved["meta"]["runs"][0]["points"] == 4
+
+    # --resume keeps those rows and runs only the missing points; the table stays in qp order.
+    more = sweep.main(["--data-dir", str(data_dir), "--models", "resnet20", "--qps", "-20", "-40", "--opt-qps", "-40",
+                       "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work"), "--python", str(fake_python),
+                       "--resume"])  # fmt: skip
+    assert [row["method"] for row in more][:4] == ["original fp32", "NNCodec qp=-40 dq", "NNCodec qp=-20 dq", "NNCodec qp=-10 dq"]
+    assert [row["run"] for row in more] == [1, 0, 1, 0, 0, 0]
+    assert more[1] == rows[1]
+    saved = json.loads((out / "nncodec.json").read_text())
+    assert [run["points"] for run in saved["meta"]["runs"]] == [4, 1]
+    assert "1. " in (out / "nncodec.md").read_text()
 
 
 CODEC_PYTHON = Path(os.environ.get("NNCODEC_PYTHON", sweep.DEFAULT_CODEC_PYTHON))

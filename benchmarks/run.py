@@ -15,9 +15,7 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import baselines  # noqa: E402
+from bench_common import cpu_device, git_commit, load_test_sets, save_fp32_reference  # noqa: E402
 
 from nerncompress.artifact import load_artifact, save_artifact  # noqa: E402
 from nerncompress.checkpoint import load_checkpoint  # noqa: E402
@@ -40,7 +39,6 @@ from nerncompress.evaluation import evaluate  # noqa: E402
 from nerncompress.exporter import export  # noqa: E402
 from nerncompress.nern import fp32_reference_bytes  # noqa: E402
 from nerncompress.models import build_model, resolve_arch  # noqa: E402
-from nerncompress.safetensors_io import save_safetensors  # noqa: E402
 from nerncompress.distillation import DistillConfig, distill  # noqa: E402
 from nerncompress.training import FitConfig, fit  # noqa: E402
 
@@ -255,17 +253,11 @@ def benchmark_model(
     state_dict = load_checkpoint(case.checkpoint)
     arch = resolve_arch(None, state_dict)
     mean, std = preset_stats(arch.preset)
-    lossless = load_data(data_dir / "cifar10" / "test1000_lossless.npz")
-    jpeg = load_data(data_dir / "cifar10" / "test10k_jpeg.npz")
-    if mode == "quick":
-        jpeg = jpeg.subset(torch.arange(min(len(jpeg), 2000)))
+    lossless, jpeg = load_test_sets(data_dir, quick=mode == "quick")
     evaluate_state = Evaluator(arch, lossless, jpeg, mean, std)
     rows: list[dict] = []
 
-    fp32_path = work / f"{case.key}.fp32.safetensors"
-    float_sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    save_safetensors(float_sd.items(), fp32_path, specs=[(k, v.dtype, tuple(v.shape)) for k, v in float_sd.items()])
-    reference_bytes = fp32_path.stat().st_size
+    reference_bytes = save_fp32_reference(state_dict, work / f"{case.key}.fp32.safetensors")
     conv_params = sum(v.numel() for v in state_dict.values() if v.dim() == 4)
     rows.append({"model": case.key, "method": "original fp32", "kind": "baseline", "bytes": reference_bytes,
                  "file_ratio": 1.0, **evaluate_state(state_dict)})  # fmt: skip
@@ -352,13 +344,6 @@ def _finish(rows: list[dict], conv_params: int) -> list[dict]:
     return rows
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_results(rows: list[dict], meta: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
@@ -432,8 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         rows += benchmark_model(case, data_dir=args.data_dir, out_dir=args.out, threads=args.threads, seed=args.seed, mode=args.mode,
                                baselines_too=not args.no_baselines)
     meta = {
-        "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "torch": torch.__version__,
-        "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "torch": torch.__version__,
+        "device": cpu_device(), "threads": args.threads,
         "seed": args.seed, "mode": args.mode, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }  # fmt: skip
     write_results(rows, meta, args.out)

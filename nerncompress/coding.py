@@ -44,6 +44,7 @@ from .devices import resolve_device
 from .embeddings import EmbeddingConfig
 from .errors import UsageError
 from .gate import AccuracyGate
+from .hybrid import choose, offer_predictor, with_predictor
 from .layers import following_batchnorms
 from .losses import kd_loss
 from .models import ArchSpec, build_model, resolve_arch
@@ -66,7 +67,9 @@ class CodeConfig:
             the target when there is one, else ``DEFAULT_STEP``.
         allocation: "sensitivity" scales each layer's step by its Fisher sensitivity on the training images
             (``uniform`` without them); "uniform" gives every weight tensor the step ``c``.
-        rate_weight: lambda of rate-distortion rounding, in squared steps per bit (0: plain rounding).
+        rate_weight: lambda of rate-distortion rounding, in squared steps per bit (0: plain rounding). On
+            Laplacian data it saves bits only at rates below about 2 bits per value, and a coarser step does as
+            well at equal squared error above that; fine-tuning chooses the rounding anyway.
         fold_batchnorm: store each BN after a conv as a scale and a bias only.
         search_steps: coarseness values tried without fine-tuning, geometric from ``search_from`` by ``growth``.
         search_from: the finest coarseness of the search.
@@ -76,6 +79,9 @@ class CodeConfig:
         lr_scale: learning rate of each weight tensor, as a share of its step per optimisation step (Adam).
         rate_penalty: weight of a rate term in the fine-tuning loss: the mean magnitude of the weights in units of
             their steps, a proxy of their coded bits (a Laplacian's rate grows with it); 0: KL alone.
+        hidden: width of a predictor offered to every conv layer (the hybrid codec, ``hybrid.py``): a layer takes
+            it when its residual and positions code shorter than its plain integers; 0: the plain codec alone.
+        fit_iters: reconstruction steps of that predictor.
         batch_size: images per fine-tuning step.
         mix: blending of the training images (see ``data.mix_batch``).
         sensitivity_batches: batches of the Fisher estimate.
@@ -86,7 +92,7 @@ class CodeConfig:
 
     step: float | None = None
     allocation: str = "sensitivity"
-    rate_weight: float = 0.15
+    rate_weight: float = 0.0
     fold_batchnorm: bool = True
     search_steps: int = 12
     search_from: float = 0.004
@@ -95,6 +101,8 @@ class CodeConfig:
     stage_iters: int = 200
     lr_scale: float = 0.003
     rate_penalty: float = 0.0
+    hidden: int = 0
+    fit_iters: int = 3000
     batch_size: int = 64
     mix: str = "mixup"
     sensitivity_batches: int = 4
@@ -114,6 +122,8 @@ class CodeConfig:
             raise UsageError(f"growth must be > 1, got {self.growth}")
         if self.search_steps < 1 or self.stages < 0 or self.stage_iters < 0 or self.batch_size < 1:
             raise UsageError("search_steps and batch_size must be >= 1, stages and stage_iters >= 0")
+        if self.hidden < 0 or self.fit_iters < 1:
+            raise UsageError(f"hidden must be >= 0 and fit_iters >= 1, got {self.hidden} and {self.fit_iters}")
         if not self.search_from > 0 or not self.lr_scale > 0 or not self.rate_penalty >= 0:
             raise UsageError("search_from and lr_scale must be > 0, rate_penalty >= 0")
         if not 0.0 < self.holdout < 1.0:
@@ -237,11 +247,13 @@ def finetune(
     iters: int,
     generator: torch.Generator,
     device: torch.device,
+    offsets: dict[str, Tensor] | None = None,
     on_step=None,
 ) -> float:
     """Train ``latents`` (key -> float tensor, replaced by the trained values) through straight-through rounding to
     ``steps``, so that ``student`` called with the rounded tensors matches ``teacher``'s outputs (KL) on ``data``
-    (noise when None). Returns the last loss.
+    (noise when None). A tensor with an offset (a predictor's output) is rounded on the grid shifted by it, as its
+    residual is stored. Returns the last loss.
 
     Each tensor's learning rate is ``lr_scale`` of its step: a weight crosses a rounding boundary in about
     ``0.5 / lr_scale`` consistent steps, whatever its layer's scale.
@@ -251,6 +263,7 @@ def finetune(
                                   for key, value in parameters.items()])  # fmt: skip
     mean, std = preset_stats(spec.preset)
     student, teacher = student.to(device), teacher.to(device)
+    shifts = {key: value.to(device) for key, value in (offsets or {}).items()}
     penalised = [key for key, value in parameters.items() if value.dim() >= 2]
     penalised_count = max(1, sum(parameters[key].numel() for key in penalised))
     loss = torch.zeros(())
@@ -259,11 +272,12 @@ def finetune(
                        mix=config.mix).to(device)  # fmt: skip
         with torch.no_grad():
             target = teacher(x)
-        rounded = {key: value + (torch.round(value / steps[key]) * steps[key] - value).detach()
+        rounded = {key: value + (_on_grid(value, steps[key], shifts.get(key)) - value).detach()
                    for key, value in parameters.items()}  # fmt: skip
         loss = kd_loss(functional_call(student, rounded, (x,), strict=False), target)
         if config.rate_penalty:
-            magnitude = sum((parameters[key].abs() / steps[key]).sum() for key in penalised) / penalised_count
+            magnitude = sum(((parameters[key] - shifts.get(key, 0.0)).abs() / steps[key]).sum()
+                            for key in penalised) / penalised_count  # fmt: skip
             loss = loss + config.rate_penalty * magnitude
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -274,6 +288,12 @@ def finetune(
         latents[key] = value.detach().cpu()
     student.cpu(), teacher.cpu()
     return float(loss.detach())
+
+
+def _on_grid(value: Tensor, step: float, offset: Tensor | None) -> Tensor:
+    if offset is None:
+        return torch.round(value / step) * step
+    return offset + torch.round((value - offset) / step) * step
 
 
 @torch.no_grad()
@@ -350,7 +370,7 @@ def code_checkpoint(
     else:
         candidates = job.search(target)
     chosen, met = _choose(candidates, target, job.holdout)
-    nern = _with_codes(job.template, chosen.codes)
+    nern = _with_codes(chosen.extra["template"], chosen.codes)
     record = {
         "stage": "code",
         "tool_version": __version__,
@@ -361,11 +381,11 @@ def code_checkpoint(
         "target_met": met,
         "candidates": [_describe(found) for found in candidates],
         "chosen": _describe(chosen),
+        "hybrid": chosen.extra.get("hybrid"),
         "holdout_reference_top1": None if job.holdout is None else job.holdout.reference_top1,
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    nern.history.append(record)
-    return nern, record
+    nern.history.append(record)  # nothing time-dependent in the file: same inputs, same bytes
+    return nern, {**record, "seconds": round(time.perf_counter() - started, 1)}
 
 
 class _Coding:
@@ -380,6 +400,12 @@ class _Coding:
         self.student = _frozen(build_model(spec, self.base))
         self.sizes = {key: self.base[key].numel() for key in self.weights}
         self.template = _template(spec, self.base, self.weights + self.fine, state_dict, source)
+        self.offer = None
+        if config.hidden:
+            self.offer = offer_predictor(
+                self.base, spec, hidden=config.hidden, iters=config.fit_iters, seed=config.seed, device=str(device),
+                reporter=reporter,
+            )  # fmt: skip
         self.data, self.holdout, self.sensitivity = data, None, None
         if data is None:
             return
@@ -405,11 +431,31 @@ class _Coding:
     def candidate(self, coarseness: float, state: dict[str, Tensor], finetuned: int = 0) -> Candidate:
         steps = layer_steps(coarseness, self.weights, self.sensitivity, self.sizes)
         codes = quantize_state(state, steps, self.fine, self.config.rate_weight)
-        found = Candidate(coarseness, codes, _file_bytes(self.template, codes), finetuned_steps=finetuned)
+        template, offsets = self.template, {}
+        if self.offer is not None:
+            layer_codes, choice = choose(self.offer, state, steps, rate_weight=self.config.rate_weight)
+            codes.update(layer_codes)
+            template = with_predictor(self.template, self.offer, choice)
+            offsets = {key: self.offer.predicted[key] for key in choice.residual}
+        found = Candidate(coarseness, codes, _file_bytes(template, codes), finetuned_steps=finetuned)
+        found.extra["template"] = template
+        if self.offer is not None:
+            found.extra["hybrid"] = {"layers": choice.table, "predictor_used": choice.predictor_used,
+                                     "predictor_bytes": self.offer.predictor_bytes}  # fmt: skip
         if self.holdout is not None:
-            found.agreement, found.top1 = self.holdout.figures(self.student, dequantized(self.base, codes))
+            weights = dequantized(self.base, codes)
+            weights.update({key: weights[key] + offset for key, offset in offsets.items()})
+            found.agreement, found.top1 = self.holdout.figures(self.student, weights)
             found.extra["reference_top1"] = self.holdout.reference_top1
         return found
+
+    def offsets(self, coarseness: float, latents: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The predictor's output for the layers that take it at this step (their grids are shifted by it)."""
+        if self.offer is None:
+            return {}
+        steps = layer_steps(coarseness, self.weights, self.sensitivity, self.sizes)
+        _, choice = choose(self.offer, {**self.base, **latents}, steps, rate_weight=self.config.rate_weight)
+        return {key: self.offer.predicted[key] for key in choice.residual}
 
     def finetuned(self, coarseness: float, latents: dict[str, Tensor], *, stage: int,
                   generator: torch.Generator | None = None) -> Candidate:  # fmt: skip
@@ -417,7 +463,7 @@ class _Coding:
         with self.reporter.phase(f"fine-tune at step {coarseness:.4g}", total=self.config.stage_iters) as on_step:
             finetune(self.student, self.teacher, latents, self.steps(coarseness), self.data, self.config,
                      spec=self.spec, iters=self.config.stage_iters, generator=generator, device=self.device,
-                     on_step=on_step)  # fmt: skip
+                     offsets=self.offsets(coarseness, latents), on_step=on_step)  # fmt: skip
         return self.candidate(coarseness, {**self.base, **latents}, self.config.stage_iters * stage)
 
     def search(self, target: AccuracyGate) -> list[Candidate]:
@@ -466,7 +512,8 @@ def _with_codes(template: Nern, codes: dict[str, QuantizedTensor]) -> Nern:
 
 
 def _file_bytes(template: Nern, codes: dict[str, QuantizedTensor]) -> int:
-    """The exact size of the file these codes make (format 2, everything counted)."""
+    """The size of the file these codes make (format 2, everything counted) before the coding stage's own record
+    joins its history (a few hundred bytes of compressed JSON)."""
     tensors, metadata = format2.encode(_with_codes(template, codes))
     specs = [(key, value.dtype, tuple(value.shape)) for key, value in tensors.items()]
     return len(safetensors_header(specs, metadata)) + sum(value.numel() for value in tensors.values())

@@ -53,6 +53,9 @@ class Nern:
         compression: pruning / quantization state of the predictor ({} when plain float32).
         codes: key -> coded tensor: for a represented layer, the residual added to the predictor's output; for any
             other key, the tensor's value (stored without the predictor).
+        coordinate_layers: the layer count of the first coordinate (l / count), when it differs from
+            ``len(layers)``: a hybrid file keeps the represented layers where the predictor pays, at the
+            coordinates the predictor was fitted with (0: ``len(layers)``).
     """
 
     arch: ArchSpec
@@ -69,10 +72,12 @@ class Nern:
     history: list[dict[str, Any]] = field(default_factory=list)
     compression: dict[str, Any] = field(default_factory=dict)
     codes: dict[str, QuantizedTensor] = field(default_factory=dict)
+    coordinate_layers: int = 0
 
     @property
     def num_layers(self) -> int:
-        return len(self.layers)
+        """The layer count of the coordinates (see ``coordinate_layers``)."""
+        return self.coordinate_layers or len(self.layers)
 
     def layer(self, name: str) -> LayerEntry:
         for entry in self.layers:

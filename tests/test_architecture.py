@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("representation", ["embeddings", "permutations", "predictor", "layers", "quantization", "codes", "nern"]),
     ("storage", ["artifact"]),
     ("training", ["optim", "losses", "resume", "reconstruction", "distillation", "pruning", "rounding", "training",
-                  "compression", "coding"]),
+                  "compression", "hybrid", "coding"]),
     ("export and evaluation", ["onnx_export", "exporter", "evaluation"]),
     ("jobs", ["report", "demo", "jobs"]),
     ("cli", ["cli", "__main__"]),

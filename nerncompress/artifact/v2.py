@@ -112,6 +112,7 @@ def encode(nern: Nern) -> tuple[dict[str, Tensor], dict[str, str]]:
         "source": nern.source,
         "history": nern.history,
         "streams": streams.table,
+        "coordinate_layers": nern.coordinate_layers,
     }
     meta = zlib.compress(json.dumps(document, sort_keys=True, separators=(",", ":")).encode(), 9)
     data = b"".join(streams.chunks)
@@ -213,10 +214,15 @@ def decode(tensors: dict[str, Tensor], *, trust_code: bool) -> Nern:
             raise ArtifactError(f"predictor input width {config.input_dim} != embedding width {embedding.dim}")
         predictor = _decode_predictor(reader, config, state)
     permute = document["permute"]
+    coordinate_layers = document["coordinate_layers"]
+    if not 0 <= coordinate_layers <= 1 << 20 or (coordinate_layers and coordinate_layers < len(document["layers"])):
+        raise ArtifactError(f"coordinate_layers {coordinate_layers} is invalid for {len(document['layers'])} layers")
     layers, positions, scales = [], {}, {}
     for index, row in enumerate(document["layers"]):
         entry = LayerEntry.from_dict(row)
-        if entry.layer_index != index:
+        previous = layers[-1].layer_index if layers else -1
+        valid = entry.layer_index == index if not coordinate_layers else previous < entry.layer_index < coordinate_layers
+        if not valid:
             raise ArtifactError(f"layer table row {index} ({entry.name}) has layer_index {entry.layer_index}")
         if predictor is None or entry.kernel_size not in predictor.config.kernel_sizes:
             raise ArtifactError(f"layer {entry.name!r} has {entry.kernel_size}x{entry.kernel_size} kernels but no head")
@@ -229,14 +235,14 @@ def decode(tensors: dict[str, Tensor], *, trust_code: bool) -> Nern:
     return Nern(
         arch=arch, layers=layers, embedding=embedding, predictor=predictor, positions=positions, scales=scales,
         raw=raw, key_order=key_order, permute=permute, source=document["source"], raw_convs=document["raw_convs"],
-        history=document["history"], compression=state, codes=codes,
+        history=document["history"], compression=state, codes=codes, coordinate_layers=coordinate_layers,
     )  # fmt: skip
 
 
 # The JSON type of every key of the document.
 _DOCUMENT = {
     "arch": dict, "embedding": dict, "predictor": (dict, type(None)), "permute": str, "layers": list, "tensors": list,
-    "raw_convs": dict, "compression": dict, "source": dict, "history": list, "streams": list,
+    "raw_convs": dict, "compression": dict, "source": dict, "history": list, "streams": list, "coordinate_layers": int,
 }  # fmt: skip
 
 

@@ -3,9 +3,8 @@
 A coded tensor stands for a weight on its own (no predictor: the plain codec), or for the *residual* of a layer
 the predictor represents (``weight = predictor output + step * ints``). Its bytes are what the entropy coder makes
 of the integers, so a coarser ``step`` or integers nearer zero cost fewer bits; ``quantize`` can trade a little
-distortion for rate (rate-distortion optimised rounding), and ``fold_batchnorms`` first moves each BatchNorm's
-scale into the conv before it, so that one step per tensor treats every output channel by its effect on the
-normalised output.
+distortion for rate (rate-distortion optimised rounding). The integers of a k x k conv are stored plane by plane
+(``plane_order``: every kernel's first value, then every second value, ...).
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .errors import UsageError
-from .layers import following_batchnorms
 
 # Integers of a coded tensor are stored as int32: steps finer than 2**-31 of a tensor's range are not coding.
 MAX_INT = 2**31 - 1
@@ -102,68 +100,10 @@ def rate_distortion_round(values: Tensor, step: float, *, rate_weight: float, pa
     return QuantizedTensor(rounded.step, q.view(values.shape).to(torch.int32))
 
 
-def fold_batchnorms(model: nn.Module, state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """Move the scale of every BatchNorm that follows a conv into that conv's weight.
-
-    For a conv W followed by BN (gamma, beta, mean, var, eps), with s = gamma / sqrt(var + eps):
-    W' = W * s (per output channel), and the BN becomes (weight 1, bias beta - mean * s, mean 0, var 1 - eps), so
-    that the network computes the same function in eval mode. Only the bias of each BN is then worth storing.
-
-    Args:
-        model: the architecture (which BN follows which conv, and each BN's eps).
-        state_dict: its weights.
-
-    Returns:
-        ``(folded state_dict, keys of the folded conv weights)``.
-    """
-    modules = dict(model.named_modules())
-    folded = dict(state_dict)
-    convs = []
-    for conv_key, bn_name in following_batchnorms(model).items():
-        bn = modules[bn_name]
-        keys = {name: f"{bn_name}.{name}" for name in ("weight", "bias", "running_mean", "running_var")}
-        if not all(key in state_dict for key in keys.values()) or conv_key not in state_dict:
-            continue
-        gamma, beta = state_dict[keys["weight"]].double(), state_dict[keys["bias"]].double()
-        mean, var = state_dict[keys["running_mean"]].double(), state_dict[keys["running_var"]].double()
-        scale = gamma / torch.sqrt(var + bn.eps)
-        weight = state_dict[conv_key]
-        shape = (-1,) + (1,) * (weight.dim() - 1)
-        folded[conv_key] = (weight.double() * scale.view(shape)).to(weight.dtype)
-        folded[keys["weight"]] = torch.ones_like(state_dict[keys["weight"]])
-        folded[keys["bias"]] = (beta - mean * scale).to(state_dict[keys["bias"]].dtype)
-        folded[keys["running_mean"]] = torch.zeros_like(state_dict[keys["running_mean"]])
-        folded[keys["running_var"]] = torch.full_like(state_dict[keys["running_var"]], 1.0 - bn.eps)
-        convs.append(conv_key)
-    return folded, convs
-
-
-def kernel_contexts(ints: np.ndarray) -> np.ndarray | None:
-    """Coding contexts of a conv weight's integers, known to the decoder before each value.
-
-    A value's context is its place in the kernel's raster order (first or not) and how large the values before it
-    in the same kernel were (sum of their magnitudes, 0, 1, 2 or 3+): kernels are either mostly zero or not, so
-    the values already decoded say much about the next. Planes of equal position are coded one after the other,
-    which makes the contexts of a whole plane known at once.
-
-    Args:
-        ints: int (C_out, C_in, kh, kw).
-
-    Returns:
-        int64 (numel,) contexts in 0..4 in the order of ``plane_order``, or None when kernels are 1x1 (no context).
-    """
-    if ints.ndim != 4 or ints.shape[2] * ints.shape[3] == 1:
-        return None
-    kernels = np.abs(ints.reshape(ints.shape[0] * ints.shape[1], -1).astype(np.int64))
-    before = np.cumsum(kernels, axis=1) - kernels
-    contexts = np.minimum(before, 3)
-    contexts[:, 0] = 4
-    return contexts.T.reshape(-1)
-
-
 def plane_order(ints: np.ndarray) -> np.ndarray:
     """The integers of a conv weight reordered plane by plane (all kernels' first value, then all second values,
-    ...), the order ``kernel_contexts`` is given in; other tensors keep their order. int64 (numel,)."""
+    ...): neighbouring values of one plane come from similar positions in their kernels. Other tensors keep their
+    order. int64 (numel,)."""
     flat = ints.astype(np.int64)
     if flat.ndim == 4 and flat.shape[2] * flat.shape[3] > 1:
         return flat.reshape(flat.shape[0] * flat.shape[1], -1).T.reshape(-1)

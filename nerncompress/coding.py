@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,11 +50,12 @@ from .layers import following_batchnorms
 from .losses import kd_loss
 from .models import ArchSpec, build_model, resolve_arch
 from .nern import Nern
+from .optim import PRECISIONS, use_bf16
 from .progress import Reporter, silent
 from .safetensors_io import safetensors_header
 
 CODE_CONFIG_VERSION = 1
-ALLOCATIONS = ("sensitivity", "uniform")
+ALLOCATIONS = ("sensitivity", "batchnorm", "uniform")
 FINE_BITS = 12  # one-dimensional tensors: a grid of 2**-12 of their largest magnitude
 DEFAULT_STEP = 0.02  # data-free coarseness c when none is given (weights of CIFAR ResNets: std about 0.05-0.1)
 
@@ -66,7 +68,8 @@ class CodeConfig:
         step: the global coarseness ``c`` (weight units, for a layer of average sensitivity); None: searched for
             the target when there is one, else ``DEFAULT_STEP``.
         allocation: "sensitivity" scales each layer's step by its Fisher sensitivity on the training images
-            (``uniform`` without them); "uniform" gives every weight tensor the step ``c``.
+            (``batchnorm`` without them); "batchnorm" by a data-free estimate read off the BatchNorm that follows
+            each conv (``batchnorm_sensitivity``); "uniform" gives every weight tensor the step ``c``.
         rate_weight: lambda of rate-distortion rounding, in squared steps per bit (0: plain rounding). On
             Laplacian data it saves bits only at rates below about 2 bits per value, and a coarser step does as
             well at equal squared error above that; fine-tuning chooses the rounding anyway.
@@ -77,6 +80,8 @@ class CodeConfig:
         stages: most fine-tuning stages (each at a coarser step than the last).
         stage_iters: fine-tuning steps per stage (0: no fine-tuning).
         lr_scale: learning rate of each weight tensor, as a share of its step per optimisation step (Adam).
+        precision: auto | bf16 | fp32: bfloat16 autocast of the fine-tuning passes where the hardware has it (the
+            held-out figures are always measured in float32, as the file will be expanded).
         rate_penalty: weight of a rate term in the fine-tuning loss: the mean magnitude of the weights in units of
             their steps, a proxy of their coded bits (a Laplacian's rate grows with it); 0: KL alone.
         hidden: width of a predictor offered to every conv layer (the hybrid codec, ``hybrid.py``): a layer takes
@@ -101,6 +106,7 @@ class CodeConfig:
     stage_iters: int = 200
     lr_scale: float = 0.003
     rate_penalty: float = 0.0
+    precision: str = "auto"
     hidden: int = 0
     fit_iters: int = 3000
     batch_size: int = 64
@@ -124,6 +130,8 @@ class CodeConfig:
             raise UsageError("search_steps and batch_size must be >= 1, stages and stage_iters >= 0")
         if self.hidden < 0 or self.fit_iters < 1:
             raise UsageError(f"hidden must be >= 0 and fit_iters >= 1, got {self.hidden} and {self.fit_iters}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.search_from > 0 or not self.lr_scale > 0 or not self.rate_penalty >= 0:
             raise UsageError("search_from and lr_scale must be > 0, rate_penalty >= 0")
         if not 0.0 < self.holdout < 1.0:
@@ -197,6 +205,34 @@ def layer_sensitivity(
     return {key: total / batches for key, total in totals.items()}
 
 
+def batchnorm_sensitivity(model: nn.Module, state_dict: dict[str, Tensor], weights: list[str]) -> dict[str, float]:
+    """A data-free sensitivity of each conv: how much a unit error in one of its weights moves the normalised
+    output of the BatchNorm after it, read off that BatchNorm.
+
+    A conv's output has variance ``var ~ fan_in * E[w^2] * E[x^2]`` (weights and inputs independent), so its
+    inputs' energy is ``E[x^2] ~ var / (fan_in * E[w^2])``; the BN multiplies errors by ``gamma / sqrt(var + eps)``.
+    Per weight, the sensitivity of the normalised output is ``E[x^2] * gamma^2 / (var + eps)``, averaged over the
+    output channels. Tensors without a BatchNorm after them get the median of the others.
+
+    Returns:
+        key -> sensitivity, for ``layer_steps``.
+    """
+    modules = dict(model.named_modules())
+    found: dict[str, float] = {}
+    for conv_key, bn_name in following_batchnorms(model).items():
+        keys = [f"{bn_name}.{name}" for name in ("weight", "running_var")]
+        if conv_key not in weights or not all(key in state_dict for key in keys):
+            continue
+        weight = state_dict[conv_key].double()
+        gamma, var = state_dict[keys[0]].double(), state_dict[keys[1]].double()
+        fan_in = weight[0].numel()
+        energy = weight.flatten(1).pow(2).mean(1).clamp_min(1e-12)
+        inputs = var / (fan_in * energy)
+        found[conv_key] = float((inputs * gamma.pow(2) / (var + modules[bn_name].eps)).mean())
+    middle = float(torch.tensor(sorted(found.values())).median()) if found else 1.0
+    return {key: found.get(key, middle) for key in weights}
+
+
 def layer_steps(coarseness: float, weights: list[str], sensitivity: dict[str, float] | None, sizes: dict[str, int]):
     """Step of each weight tensor: ``c / sqrt(s_l / s_mean)`` (``s_mean`` weighted by tensor size), or ``c``."""
     if sensitivity is None:
@@ -264,17 +300,20 @@ def finetune(
     mean, std = preset_stats(spec.preset)
     student, teacher = student.to(device), teacher.to(device)
     shifts = {key: value.to(device) for key, value in (offsets or {}).items()}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(config.precision, device))
     penalised = [key for key, value in parameters.items() if value.dim() >= 2]
     penalised_count = max(1, sum(parameters[key].numel() for key in penalised))
     loss = torch.zeros(())
     for step in range(iters):
         x = draw_batch(data, config.batch_size, mean=mean, std=std, shape=spec.input_shape, generator=generator,
                        mix=config.mix).to(device)  # fmt: skip
-        with torch.no_grad():
-            target = teacher(x)
+        with torch.no_grad(), autocast:
+            target = teacher(x).float()
         rounded = {key: value + (_on_grid(value, steps[key], shifts.get(key)) - value).detach()
                    for key, value in parameters.items()}  # fmt: skip
-        loss = kd_loss(functional_call(student, rounded, (x,), strict=False), target)
+        with autocast:
+            logits = functional_call(student, rounded, (x,), strict=False)
+        loss = kd_loss(logits.float(), target)
         if config.rate_penalty:
             magnitude = sum(((parameters[key] - shifts.get(key, 0.0)).abs() / steps[key]).sum()
                             for key in penalised) / penalised_count  # fmt: skip
@@ -334,6 +373,7 @@ def code_checkpoint(
     device: str = "auto",
     reporter: Reporter = silent,
     source: dict | None = None,
+    on_candidate: Callable[[Nern, dict[str, Any]], None] | None = None,
 ) -> tuple[Nern, dict[str, Any]]:
     """Code a checkpoint (see the module docstring): the plain codec, with data-driven fine-tuning when there is
     data.
@@ -348,6 +388,8 @@ def code_checkpoint(
         device: auto | cpu | cuda[:N].
         reporter: progress of each phase and one log line per candidate.
         source: provenance recorded in the Nern.
+        on_candidate: called with every candidate's Nern and its description as the search makes it (to keep
+            the whole rate-fidelity curve, e.g. in a benchmark).
 
     Returns:
         ``(nern, record)``: the coded Nern (its history ends with a "code" record) and that record: the config,
@@ -362,7 +404,7 @@ def code_checkpoint(
         raise UsageError("a fidelity target is judged on held-out training images: give data")
     started = time.perf_counter()
     spec = arch if isinstance(arch, ArchSpec) else resolve_arch(arch, state_dict)
-    job = _Coding(spec, state_dict, config, data, resolve_device(device), reporter, source)
+    job = _Coding(spec, state_dict, config, data, resolve_device(device), reporter, source, on_candidate)
     if data is None or (target is None and not config.stage_iters):
         candidates = [job.candidate(config.step or DEFAULT_STEP, job.base)]
     elif target is None:  # a given step, fine-tuned once
@@ -392,8 +434,9 @@ class _Coding:
     """What every candidate of one ``code_checkpoint`` run shares: the networks, the tensors, the held-out
     images, the sensitivities."""
 
-    def __init__(self, spec, state_dict, config, data, device, reporter, source) -> None:
+    def __init__(self, spec, state_dict, config, data, device, reporter, source, on_candidate=None) -> None:
         self.spec, self.config, self.device, self.reporter = spec, config, device, reporter
+        self.on_candidate = on_candidate
         self.teacher = _frozen(build_model(spec, state_dict))
         self.base = simplify_batchnorms(self.teacher, state_dict) if config.fold_batchnorm else dict(state_dict)
         self.weights, self.fine = coded_keys(self.base)
@@ -407,6 +450,8 @@ class _Coding:
                 reporter=reporter,
             )  # fmt: skip
         self.data, self.holdout, self.sensitivity = data, None, None
+        if config.allocation == "batchnorm" or (config.allocation == "sensitivity" and data is None):
+            self.sensitivity = batchnorm_sensitivity(self.teacher, state_dict, self.weights)
         if data is None:
             return
         self.data, held = split_holdout(data, fraction=config.holdout, seed=config.holdout_seed)
@@ -447,6 +492,8 @@ class _Coding:
             weights.update({key: weights[key] + offset for key, offset in offsets.items()})
             found.agreement, found.top1 = self.holdout.figures(self.student, weights)
             found.extra["reference_top1"] = self.holdout.reference_top1
+        if self.on_candidate is not None:
+            self.on_candidate(_with_codes(template, codes), _describe(found))
         return found
 
     def offsets(self, coarseness: float, latents: dict[str, Tensor]) -> dict[str, Tensor]:

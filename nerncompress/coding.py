@@ -25,12 +25,16 @@ The result is a Nern without predictor: every weight coded, the rest raw (``arti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,13 +49,15 @@ from .devices import resolve_device
 from .embeddings import EmbeddingConfig
 from .errors import UsageError
 from .gate import AccuracyGate
-from .hybrid import choose, offer_predictor, with_predictor
+from .errors import Interrupted
+from .hybrid import Choice, choose, offer_predictor, restore_offer, with_predictor
 from .layers import following_batchnorms
 from .losses import kd_loss
 from .models import ArchSpec, build_model, resolve_arch
 from .nern import Nern
 from .optim import PRECISIONS, use_bf16
 from .progress import Reporter, silent
+from .resume import read_stage_snapshot, write_stage_snapshot
 from .safetensors_io import safetensors_header
 
 CODE_CONFIG_VERSION = 1
@@ -243,13 +249,61 @@ def layer_steps(coarseness: float, weights: list[str], sensitivity: dict[str, fl
     return {key: coarseness / math.sqrt(max(sensitivity[key], floor) / mean) for key in weights}
 
 
+# ------------------------------------------------------------------------------------------------------- resume
+class Stages:
+    """Where a search saves its state after each stage, and how it learns that a signal asked it to stop.
+
+    Args:
+        path: the resume file (``<output>.resume``).
+        fingerprint: what a resumed run must match (config, inputs).
+        resume: continue from ``path``.
+        log: one line per save or resume.
+    """
+
+    def __init__(self, path, fingerprint: dict[str, Any], *, resume: bool = False, log=None) -> None:
+        self.path, self.fingerprint, self.resume = path, fingerprint, resume
+        self.log = log or (lambda message: None)
+        self.signal: str | None = None
+
+    def load(self) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+        return read_stage_snapshot(self.path, self.fingerprint) if self.resume else None
+
+    def save(self, document: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        write_stage_snapshot(self.path, self.fingerprint, document, tensors)
+
+    def stop_requested(self) -> str | None:
+        return self.signal
+
+    def discard(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def signals(self):
+        """SIGINT and SIGTERM set a flag the fine-tuning loop checks after each step (a second one stops at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.signal:
+                raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice: stopped")
+            self.signal = signal.Signals(signum).name
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
 # ---------------------------------------------------------------------------------------------------- one state
 @dataclass
 class Candidate:
     """One coded version of the network: its steps, codes, size and measured fidelity."""
 
     coarseness: float
-    codes: dict[str, QuantizedTensor]
+    codes: dict[str, QuantizedTensor] | None
     bytes: int
     agreement: float | None = None
     top1: float | None = None
@@ -285,11 +339,13 @@ def finetune(
     device: torch.device,
     offsets: dict[str, Tensor] | None = None,
     on_step=None,
+    stop: Callable[[], str | None] | None = None,
 ) -> float:
     """Train ``latents`` (key -> float tensor, replaced by the trained values) through straight-through rounding to
     ``steps``, so that ``student`` called with the rounded tensors matches ``teacher``'s outputs (KL) on ``data``
     (noise when None). A tensor with an offset (a predictor's output) is rounded on the grid shifted by it, as its
-    residual is stored. Returns the last loss.
+    residual is stored. ``stop()``, checked after every step, names a signal that ends the run (``Interrupted``).
+    Returns the last loss.
 
     Each tensor's learning rate is ``lr_scale`` of its step: a weight crosses a rounding boundary in about
     ``0.5 / lr_scale`` consistent steps, whatever its layer's scale.
@@ -323,6 +379,8 @@ def finetune(
         optimizer.step()
         if on_step is not None and (step % 10 == 0 or step == iters - 1):
             on_step(step + 1, iters, {"loss": float(loss.detach())})
+        if stop is not None and stop():
+            raise Interrupted(f"interrupted by {stop()} during fine-tuning{_resume_hint(stop)}")
     for key, value in parameters.items():
         latents[key] = value.detach().cpu()
     student.cpu(), teacher.cpu()
@@ -374,6 +432,7 @@ def code_checkpoint(
     reporter: Reporter = silent,
     source: dict | None = None,
     on_candidate: Callable[[Nern, dict[str, Any]], None] | None = None,
+    resume: Stages | None = None,
 ) -> tuple[Nern, dict[str, Any]]:
     """Code a checkpoint (see the module docstring): the plain codec, with data-driven fine-tuning when there is
     data.
@@ -390,6 +449,8 @@ def code_checkpoint(
         source: provenance recorded in the Nern.
         on_candidate: called with every candidate's Nern and its description as the search makes it (to keep
             the whole rate-fidelity curve, e.g. in a benchmark).
+        resume: where the search saves its state after each stage and, with ``resume.resume``, continues from;
+            SIGINT/SIGTERM stop it within a fine-tuning step (``Interrupted``), the last stage kept.
 
     Returns:
         ``(nern, record)``: the coded Nern (its history ends with a "code" record) and that record: the config,
@@ -404,14 +465,14 @@ def code_checkpoint(
         raise UsageError("a fidelity target is judged on held-out training images: give data")
     started = time.perf_counter()
     spec = arch if isinstance(arch, ArchSpec) else resolve_arch(arch, state_dict)
-    job = _Coding(spec, state_dict, config, data, resolve_device(device), reporter, source, on_candidate)
+    job = _Coding(spec, state_dict, config, data, resolve_device(device), reporter, source, on_candidate, resume)
     if data is None or (target is None and not config.stage_iters):
         candidates = [job.candidate(config.step or DEFAULT_STEP, job.base)]
     elif target is None:  # a given step, fine-tuned once
         candidates = [job.finetuned(config.step or DEFAULT_STEP, job.initial_latents(), stage=1)]
     else:
         candidates = job.search(target)
-    chosen, met = _choose(candidates, target, job.holdout)
+    chosen, met = _choose(candidates, target)
     nern = _with_codes(chosen.extra["template"], chosen.codes)
     record = {
         "stage": "code",
@@ -434,9 +495,11 @@ class _Coding:
     """What every candidate of one ``code_checkpoint`` run shares: the networks, the tensors, the held-out
     images, the sensitivities."""
 
-    def __init__(self, spec, state_dict, config, data, device, reporter, source, on_candidate=None) -> None:
+    def __init__(self, spec, state_dict, config, data, device, reporter, source, on_candidate=None,
+                 stages=None) -> None:  # fmt: skip
         self.spec, self.config, self.device, self.reporter = spec, config, device, reporter
-        self.on_candidate = on_candidate
+        self.on_candidate, self.stages = on_candidate, stages
+        saved = stages.load() if stages is not None else None
         self.teacher = _frozen(build_model(spec, state_dict))
         self.base = simplify_batchnorms(self.teacher, state_dict) if config.fold_batchnorm else dict(state_dict)
         self.weights, self.fine = coded_keys(self.base)
@@ -444,7 +507,10 @@ class _Coding:
         self.sizes = {key: self.base[key].numel() for key in self.weights}
         self.template = _template(spec, self.base, self.weights + self.fine, state_dict, source)
         self.offer = None
-        if config.hidden:
+        self.saved = saved
+        if saved is not None and config.hidden:
+            self.offer = restore_offer(saved[1], spec)
+        elif config.hidden:
             self.offer = offer_predictor(
                 self.base, spec, hidden=config.hidden, iters=config.fit_iters, seed=config.seed, device=str(device),
                 reporter=reporter,
@@ -510,33 +576,88 @@ class _Coding:
         with self.reporter.phase(f"fine-tune at step {coarseness:.4g}", total=self.config.stage_iters) as on_step:
             finetune(self.student, self.teacher, latents, self.steps(coarseness), self.data, self.config,
                      spec=self.spec, iters=self.config.stage_iters, generator=generator, device=self.device,
-                     offsets=self.offsets(coarseness, latents), on_step=on_step)  # fmt: skip
+                     offsets=self.offsets(coarseness, latents), on_step=on_step,
+                     stop=None if self.stages is None else self.stages.stop_requested)  # fmt: skip
         return self.candidate(coarseness, {**self.base, **latents}, self.config.stage_iters * stage)
 
     def search(self, target: AccuracyGate) -> list[Candidate]:
         """The coarsest step that meets the target without fine-tuning, then coarser ones, each stage fine-tuned
-        from the last, until one misses the target."""
-        config, found = self.config, []
-        coarseness = config.search_from
-        with self.reporter.phase("search without fine-tuning", total=config.search_steps) as on_step:
-            for index in range(config.search_steps):
-                found.append(self.candidate(coarseness, self.base))
-                on_step(index + 1, config.search_steps, {})
-                self.reporter.log(_line(found[-1]))
-                if not _meets(found[-1], target):
-                    break
-                coarseness *= config.growth
-        passing = [c.coarseness for c in found if _meets(c, target)]
-        coarseness = max(passing) if passing else config.search_from
-        latents, generator = self.initial_latents(), torch.Generator().manual_seed(config.seed)
-        for stage in range(config.stages if config.stage_iters else 0):
+        from the last, until one misses the target. With ``stages``, the state is saved after each stage."""
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed)
+        if self.saved is not None:
+            found, first_stage, coarseness, latents, passing = self.restore(target, generator)
+        else:
+            found, coarseness = [], config.search_from
+            with self.reporter.phase("search without fine-tuning", total=config.search_steps) as on_step:
+                for index in range(config.search_steps):
+                    found.append(self.candidate(coarseness, self.base))
+                    on_step(index + 1, config.search_steps, {})
+                    self.reporter.log(_line(found[-1]))
+                    if not _meets(found[-1], target):
+                        break
+                    coarseness *= config.growth
+            passing = any(_meets(c, target) for c in found)
+            coarseness = max([c.coarseness for c in found if _meets(c, target)], default=config.search_from)
+            latents, first_stage = self.initial_latents(), 0
+            self.save(found, target, 0, coarseness, latents, generator)
+        for stage in range(first_stage, config.stages if config.stage_iters else 0):
+            if not _meets(found[-1], target) and found[-1].finetuned_steps:
+                break  # the last stage already missed: the search is over (a resumed run ends here too)
             if passing or stage:
                 coarseness *= config.growth
             found.append(self.finetuned(coarseness, latents, stage=stage + 1, generator=generator))
             self.reporter.log(_line(found[-1]))
-            if not _meets(found[-1], target):
-                break
+            self.save(found, target, stage + 1, coarseness, latents, generator)
         return found
+
+    def save(self, found, target, stage, coarseness, latents, generator) -> None:
+        """The search's state after ``stage`` fine-tuning stages: every candidate's figures, the codes of the two
+        that can still be chosen (the smallest passing, the closest), the latents and the generator."""
+        if self.stages is None:
+            return
+        keep = {id(c) for c in (_choose(found, target)[0], _closest(found)) if c is not None}
+        document = {
+            "stage": stage, "coarseness": coarseness,
+            "candidates": [{**_describe(c), "kept": id(c) in keep, "residual": _residual(c)} for c in found],
+        }  # fmt: skip
+        tensors = {f"latents/{key}": value for key, value in latents.items()}
+        tensors["generator"] = generator.get_state()
+        for index, found_one in enumerate(found):
+            if id(found_one) in keep:
+                tensors.update({f"kept/{index}/{key}": code.ints for key, code in found_one.codes.items()})
+                tensors.update({f"kept/{index}/step/{key}": torch.tensor([code.step], dtype=torch.float64)
+                                for key, code in found_one.codes.items()})  # fmt: skip
+        if self.offer is not None:
+            offer_tensors, _ = format2.encode(self.offer.nern)
+            tensors.update({f"offer/{key}": value for key, value in offer_tensors.items()})
+        self.stages.save(document, tensors)
+
+    def restore(self, target, generator):
+        """The search's state from a stage snapshot (see ``save``)."""
+        document, tensors = self.saved
+        found = []
+        for index, described in enumerate(document["candidates"]):
+            codes = None
+            if described["kept"]:
+                codes = {key[len(f"kept/{index}/"):]: QuantizedTensor(float(tensors[f"kept/{index}/step/{key[len(f'kept/{index}/'):]}"]),
+                                                                      value)
+                         for key, value in tensors.items()
+                         if key.startswith(f"kept/{index}/") and not key.startswith(f"kept/{index}/step/")}  # fmt: skip
+            candidate = Candidate(described["coarseness"], codes, described["bytes"], described["agreement"],
+                                  described["top1"], described["finetuned_steps"])  # fmt: skip
+            candidate.extra["reference_top1"] = self.holdout.reference_top1
+            template = self.template
+            if self.offer is not None and described["residual"]:
+                choice = Choice(described["residual"], {}, True, 0.0)
+                template = with_predictor(self.template, self.offer, choice)
+            candidate.extra["template"] = template
+            found.append(candidate)
+        latents = {key[len("latents/"):]: value for key, value in tensors.items() if key.startswith("latents/")}
+        generator.set_state(tensors["generator"])
+        passing = any(_meets(c, target) for c in found if not c.finetuned_steps)
+        self.reporter.log(f"resuming the search after stage {document['stage']} ({len(found)} candidates)")
+        return found, document["stage"], document["coarseness"], latents, passing
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -571,14 +692,30 @@ def _meets(found: Candidate, target: AccuracyGate) -> bool:
     return target.check(found.agreement, drop, on="held-out training images")["passed"]
 
 
-def _choose(candidates: list[Candidate], target: AccuracyGate | None, holdout) -> tuple[Candidate, bool | None]:
-    """The smallest candidate that meets the target; without one, the most faithful (the smallest on ties)."""
+def _choose(candidates: list[Candidate], target: AccuracyGate | None) -> tuple[Candidate, bool | None]:
+    """The smallest candidate that meets the target; without one, the most faithful (the smallest on ties).
+    Candidates restored without their codes (never the choice when they were saved) are not chosen."""
+    candidates = [found for found in candidates if found.codes is not None]
     if target is None:
         return candidates[-1], None
     passing = [found for found in candidates if _meets(found, target)]
     if passing:
         return min(passing, key=lambda found: found.bytes), True
-    return max(candidates, key=lambda found: (found.agreement or 0.0, -found.bytes)), False
+    return _closest(candidates), False
+
+
+def _closest(candidates: list[Candidate]) -> Candidate | None:
+    with_codes = [found for found in candidates if found.codes is not None and found.agreement is not None]
+    return max(with_codes, key=lambda found: (found.agreement, -found.bytes), default=None)
+
+
+def _residual(found: Candidate) -> list[str]:
+    hybrid = found.extra.get("hybrid")
+    return [] if not hybrid else sorted(k for k, row in hybrid["layers"].items() if row["predictor"] and hybrid["predictor_used"])
+
+
+def _resume_hint(stop) -> str:
+    return ": the search's last completed stage is saved; run the same command with --resume to continue"
 
 
 def _describe(found: Candidate) -> dict[str, Any]:

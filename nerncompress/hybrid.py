@@ -64,6 +64,22 @@ def offer_predictor(
     return PredictorOffer(nern, predicted, positions, predictor_bytes(nern.predictor, nern.compression))
 
 
+def restore_offer(tensors: dict[str, Tensor], spec: ArchSpec) -> PredictorOffer:
+    """The offer of a saved search (``offer/meta`` and ``offer/streams`` tensors: the predictor's Nern in format 2),
+    without fitting again."""
+    from .artifact import v2
+
+    nern = v2.decode({key[len("offer/"):]: value for key, value in tensors.items() if key.startswith("offer/")},
+                     trust_code=not spec.untrusted)  # fmt: skip
+    nern.arch = spec
+    with torch.no_grad():
+        predicted = {entry.name: nern.regenerate_layer(entry).detach().cpu() for entry in nern.layers}
+    positions = {
+        entry.name: len(entropy.encode_permutation(nern.positions[entry.name].numpy())) for entry in nern.layers
+    }
+    return PredictorOffer(nern, predicted, positions, predictor_bytes(nern.predictor, nern.compression))
+
+
 @dataclass
 class Choice:
     """Which layers take the predictor at one step, and the bytes behind the choice."""

@@ -22,7 +22,7 @@ from torch import nn
 from ._io import PathLike, atomic_path, check_output_path, check_writable_folder, sha256_file
 from .artifact import is_nern_file, load_artifact, save_artifact
 from .checkpoint import load_checkpoint
-from .coding import CodeConfig, code_checkpoint
+from .coding import CodeConfig, Stages, code_checkpoint
 from .compression import PruneConfig, QuantizeConfig, compress
 from .devices import resolve_device
 from .data import ImageData, concat_data, load_data, preset_stats, split_holdout, to_float
@@ -302,6 +302,7 @@ def run_compress(
     gate: AccuracyGate | None = None,
     device: str = "auto",
     threads: int | None = None,
+    resume: bool = False,
     trust_pickle: bool = False,
     reporter: Reporter = silent,
 ) -> dict[str, Any]:
@@ -318,6 +319,8 @@ def run_compress(
         split: split of each dataset.
         gate: the fidelity to reach against the original on the held-out training images. When no candidate
             meets it, the closest one is written and the summary's ``gate`` says so.
+        resume: continue the search saved in ``<output>.resume`` (saved after every stage; Ctrl-C or SIGTERM stop
+            the run within a fine-tuning step, keeping the last completed stage).
         device, threads, trust_pickle, reporter: as in ``run_fit``.
 
     Returns:
@@ -334,15 +337,26 @@ def run_compress(
         raise UsageError("an accuracy gate on compress scores held-out training images: give data (not noise)")
     check_images(model, dataset, spec.preset)
     source = source_provenance(checkpoint, state_dict)
+    fingerprint = {
+        "stage": "compress", "config": config.to_dict(), "source": source, "arch": spec.to_dict(),
+        "data": None if dataset is None else dataset.source,
+        "gate": None if gate is None else {"min_agreement": gate.min_agreement, "max_drop": gate.max_drop},
+    }  # fmt: skip
+    path = resume_path(target)
+    if not resume and path.is_file():
+        reporter.log(f"note: {path} holds an interrupted run; resume it to continue (this run starts afresh)")
+    stages = Stages(path, fingerprint, resume=resume, log=reporter.log)
     reporter.log(f"compressing {checkpoint} ({spec.name}) on {_images(dataset) if dataset else 'no data'} -> {target}")
     started = time.perf_counter()
-    with _threads(threads):
+    with _threads(threads), stages.signals():
         nern, record = code_checkpoint(
-            state_dict, config, arch=spec, data=dataset, target=gate, device=device, reporter=reporter, source=source
-        )
+            state_dict, config, arch=spec, data=dataset, target=gate, device=device, reporter=reporter, source=source,
+            resume=stages if dataset is not None and gate is not None else None,
+        )  # fmt: skip
         threads_used = torch.get_num_threads()
     seconds = time.perf_counter() - started
     save_artifact(nern, target)
+    stages.discard()
     summary = {**code_summary(nern, target, record, seconds=seconds), "threads": threads_used}
     if gate is not None:
         chosen = record["chosen"]

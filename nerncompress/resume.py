@@ -221,6 +221,54 @@ def read_snapshot(path: PathLike) -> Snapshot:
         raise CheckpointError(f"resume file {file} is inconsistent ({exc!r}): delete it to start afresh") from exc
 
 
+# ------------------------------------------------------------------------------------- stage snapshots (compress)
+STAGES_FORMAT = "nerncompress-stages"
+
+
+def write_stage_snapshot(
+    path: PathLike, fingerprint: dict[str, Any], document: dict[str, Any], tensors: dict[str, Tensor]
+) -> None:
+    """Write the state of a job that advances in stages (``compress``'s search) atomically: a JSON ``document``
+    and named tensors, with the run's fingerprint."""
+    tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+    metadata = {
+        "format": STAGES_FORMAT, "version": str(RESUME_VERSION), "tool_version": __version__,
+        "fingerprint": json.dumps(_json(fingerprint), sort_keys=True), "document": json.dumps(_json(document)),
+    }  # fmt: skip
+    specs = [(key, value.dtype, tuple(value.shape)) for key, value in tensors.items()]
+    save_safetensors(tensors.items(), path, specs=specs, metadata=metadata)
+
+
+def read_stage_snapshot(path: PathLike, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Read a stage snapshot written for the same run: ``(document, tensors)``.
+
+    Raises:
+        UsageError: no file, or one saved by a run with other settings or inputs.
+        CheckpointError: the file is unreadable or of another format.
+    """
+    from safetensors import safe_open
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"resume: no resume file {file}: nothing to continue, start the run afresh")
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        if meta.get("format") != STAGES_FORMAT or meta.get("version") != str(RESUME_VERSION):
+            raise ValueError(f"format {meta.get('format')!r}, version {meta.get('version')!r}")
+        saved, document = json.loads(meta["fingerprint"]), json.loads(meta["document"])
+    except Exception as exc:  # noqa: BLE001 - safetensors and json raise several untyped errors on corrupt files
+        raise CheckpointError(f"resume file {file} is unreadable ({str(exc)[:120]}): delete it to start afresh") from exc
+    difference = _first_difference(saved, _json(fingerprint))
+    if difference is not None:
+        raise UsageError(
+            f"resume: {file} was saved by a run with a different {difference}: repeat the interrupted command "
+            "exactly, or delete the file to start afresh"
+        )
+    return document, tensors
+
+
 def _group(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
 

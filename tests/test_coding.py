@@ -209,3 +209,38 @@ def test_hybrid_coding_end_to_end(state_dict, images):
     table = record["hybrid"]["layers"]
     assert set(table) and all({"plain", "residual", "predictor"} <= set(row) for row in table.values())
     assert (nern.predictor is not None) == record["hybrid"]["predictor_used"]
+
+
+# ------------------------------------------------------------------------------------------------------ resume
+def test_an_interrupted_search_resumes_to_the_same_file(tmp_path, state_dict, images, monkeypatch):
+    """Stopped in its second fine-tuning stage, the search keeps the first; --resume ends with the bytes of an
+    uninterrupted run."""
+    from nerncompress import coding
+    from nerncompress.errors import Interrupted
+
+    config = CodeConfig(**{**FAST, "stages": 3, "stage_iters": 4})
+    gate = AccuracyGate(min_agreement=0.0)
+    whole, _ = code_checkpoint(state_dict, config, arch=SPEC, data=images, target=gate, device="cpu")
+    fingerprint = {"test": 1}
+    stages = coding.Stages(tmp_path / "x.resume", fingerprint)
+    calls = []
+    real = coding.finetune
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second stage: a signal arrives
+            stages.signal = "SIGINT"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coding, "finetune", stopping)
+    with pytest.raises(Interrupted, match="--resume"):
+        code_checkpoint(state_dict, config, arch=SPEC, data=images, target=gate, device="cpu", resume=stages)
+    assert (tmp_path / "x.resume").is_file()
+    monkeypatch.setattr(coding, "finetune", real)
+    resumed, record = code_checkpoint(state_dict, config, arch=SPEC, data=images, target=gate, device="cpu",
+                                      resume=coding.Stages(tmp_path / "x.resume", fingerprint, resume=True))  # fmt: skip
+    save_artifact(whole, tmp_path / "whole.nern")
+    save_artifact(resumed, tmp_path / "resumed.nern")
+    assert (tmp_path / "whole.nern").read_bytes() == (tmp_path / "resumed.nern").read_bytes()
+    with pytest.raises(UsageError, match="different"):
+        coding.Stages(tmp_path / "x.resume", {"test": 2}, resume=True).load()

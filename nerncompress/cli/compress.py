@@ -24,6 +24,7 @@ from .options import (
     MaxDropOpt,
     MinAgreementOpt,
     OutputOpt,
+    ResumeOpt,
     SeedOpt,
     ThreadsOpt,
     TrustPickleOpt,
@@ -108,6 +109,7 @@ def compress_command(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     output_path: OutputOpt = None,
+    resume: ResumeOpt = False,
     trust_pickle: TrustPickleOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -117,7 +119,8 @@ def compress_command(
     With --data and --min-agreement / --max-drop, steps are searched from fine to coarse and the smallest file that
     meets the target on a held-out share of the training images is written; when none does, the closest one is
     written and the exit code is 3. Without --data, the data-free codec at --step. Test images never steer
-    anything: evaluate the result with `nerncompress eval`.
+    anything: evaluate the result with `nerncompress eval`. The search saves its state after every stage: Ctrl-C
+    or SIGTERM stop it (exit 130) and the same command with --resume continues from the last stage.
     """
     out = output.Output(json_output)
     config = CodeConfig(
@@ -126,8 +129,8 @@ def compress_command(
     )  # fmt: skip
     summary = run_compress(
         checkpoint, config, output=output_path, arch=arch, data=data, split=split,
-        gate=accuracy_gate(min_agreement, max_drop), device=device, threads=threads, trust_pickle=trust_pickle,
-        reporter=out,
+        gate=accuracy_gate(min_agreement, max_drop), device=device, threads=threads, resume=resume,
+        trust_pickle=trust_pickle, reporter=out,
     )  # fmt: skip
     out.result(summary, render)
     enforce_gate(summary)

@@ -10,8 +10,11 @@ class NernError(Exception):
     """Base class of every error nerncompress raises on purpose."""
 
 
-class UsageError(NernError):
-    """An option value or a combination of options that cannot work (CLI exit code 2)."""
+class UsageError(NernError, ValueError):
+    """An option value or a combination of options that cannot work (CLI exit code 2).
+
+    Messages name keyword arguments (``lr must be > 0``); the CLI rewords them with its flags.
+    """
 
 
 class CheckpointError(NernError):

@@ -16,7 +16,7 @@ from helpers import assert_one_line_error, invoke, tiny_resnet_state_dict, write
 from safetensors.torch import load_file
 
 from nerncompress import __version__
-from nerncompress.cli.output import exit_code_for
+from nerncompress.cli.output import exit_code_for, in_flags
 from nerncompress.errors import (
     AccuracyTargetMissed,
     ArtifactError,
@@ -422,3 +422,12 @@ def test_process_error_is_one_line_and_json_is_clean(tmp_path, workspace):
     report = run_module("inspect", workspace["nern"], "--json")
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["kind"] == "nern"
+
+
+def test_library_messages_are_worded_in_flags():
+    flags = {"lr": "--lr", "ema_decay": "--ema", "finetune_iters": "--finetune-iters", "data": "--data"}
+    assert in_flags("lr must be > 0, got 0.0", flags) == "--lr must be > 0, got 0.0"
+    assert in_flags("ema_decay must be in [0, 1)", flags) == "--ema must be in [0, 1)"
+    # plain-English words and words inside paths stay as written
+    assert in_flags("give data; finetune_iters >= 1", flags) == "give data; --finetune-iters >= 1"
+    assert in_flags("no file /tmp/lr_x/data.npz", flags) == "no file /tmp/lr_x/data.npz"

@@ -144,7 +144,7 @@ def test_compress_usage_errors(ws, tmp_path):
     assert_one_line_error(invoke("quantize", ws["nern"], "--rounding-iters", "0", "-o", tmp_path / "x.nern"), 2)
     result = invoke("quantize", ws["nern"], "--data", "noise", "-o", tmp_path / "x.nern")
     assert_one_line_error(result, 2)
-    assert "kd_iters" in result.stderr
+    assert "--kd-iters" in result.stderr
     assert not (tmp_path / "x.nern").exists()
 
 

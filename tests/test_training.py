@@ -272,13 +272,13 @@ def test_logit_mse_loss_ignores_a_shift_and_is_zero_only_at_equal_logits() -> No
 @pytest.mark.parametrize(
     ("option", "value", "fragment"),
     [
-        ("kd_loss", "hinge", "--kd-loss"),
-        ("mix", "blend", "--mix"),
-        ("mix_fraction", 1.5, "--mix-fraction"),
-        ("probe_fraction", -0.1, "--probe-fraction"),
-        ("probe_eps", 0.0, "--probe-eps"),
-        ("ema_decay", 1.0, "--ema"),
-        ("ema_decay", -0.5, "--ema"),
+        ("kd_loss", "hinge", "kd_loss"),
+        ("mix", "blend", "mix "),
+        ("mix_fraction", 1.5, "mix_fraction"),
+        ("probe_fraction", -0.1, "probe_fraction"),
+        ("probe_eps", 0.0, "probe_eps"),
+        ("ema_decay", 1.0, "ema_decay"),
+        ("ema_decay", -0.5, "ema_decay"),
     ],
 )
 def test_distill_config_rejects_unknown_kd_options(option: str, value, fragment: str) -> None:

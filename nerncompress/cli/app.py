@@ -64,7 +64,16 @@ class NernGroup(TyperGroup):
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # Typer's own: exits, usage errors (exit 2), --help
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every other error gets one line + a code
-            raise typer.Exit(output.report_error(exc)) from exc
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            raise typer.Exit(output.report_error(exc, _flags_of(command))) from exc
+
+
+def _flags_of(command: Any) -> dict[str, str]:
+    """Keyword name -> the command's flag for it (``ema_decay`` -> ``--ema``), to word errors as the user typed."""
+    if command is None:
+        return {}
+    return {param.name: max(param.opts, key=len) for param in command.params
+            if getattr(param, "param_type_name", "") == "option" and param.name}
 
 
 def _root_epilog() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -105,12 +106,32 @@ def error_message(exc: BaseException) -> str:
     return f"unexpected {detail} (set {DEBUG_ENV}=1 for the traceback and please report it)"
 
 
-def report_error(exc: BaseException) -> int:
-    """Print ``Error: <one line>`` on stderr (after the traceback in debug mode) and return the exit code."""
+def in_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message, which names keyword arguments, worded with the command's flags instead.
+
+    Renamed: the first word and every snake_case word that is a keyword of the command (``lr must be > 0`` ->
+    ``--lr must be > 0``); other words stay, so that plain English such as "give data" is left alone.
+    """
+    def rename(match: re.Match[str]) -> str:
+        word = match.group(0)
+        first = match.start() == 0
+        return flags[word] if word in flags and (first or "_" in word) else word
+
+    return re.sub(r"(?<![\w.'/-])[a-z][a-z0-9_]*(?![\w'/])", rename, message)
+
+
+def report_error(exc: BaseException, flags: dict[str, str] | None = None) -> int:
+    """Print ``Error: <one line>`` on stderr (after the traceback in debug mode) and return the exit code.
+
+    ``flags`` maps keyword names to the running command's flags: a ``UsageError`` is then worded in flags.
+    """
     if debug_enabled():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    message = error_message(exc)
+    if flags and isinstance(exc, UsageError):
+        message = in_flags(message, flags)
     # Plain write, not rich: messages hold paths and [brackets] that rich would read as markup.
-    sys.stderr.write(f"Error: {error_message(exc)}\n")
+    sys.stderr.write(f"Error: {message}\n")
     sys.stderr.flush()
     return exit_code_for(exc)
 

@@ -139,15 +139,22 @@ def benchmark_model(model: str, args) -> list[dict]:
     return rows
 
 
-def write_results(rows: list[dict], meta: dict, out: Path) -> None:
+def write_results(model: str, rows: list[dict], meta: dict, out: Path) -> None:
+    """Replace ``model``'s rows and run record in results/codec.{json,md,png}, keeping the other models'."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "codec.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    path = out / "codec.json"
+    saved = json.loads(path.read_text()) if path.exists() else {"runs": {}, "rows": []}
+    runs = {**saved.get("runs", {}), model: meta}
+    rows = [row for row in saved["rows"] if row["model"] != model] + rows
+    path.write_text(json.dumps({"runs": runs, "rows": rows}, indent=1) + "\n")
+    run_lines = [f"- {name}: measured {m['date']} on {m['device']}, {m['threads']} threads, torch {m['torch']}, "
+                 f"commit {m['commit'][:10]}, seed {m['seed']}, target {m['target']}% agreement on held-out "
+                 f"training images, mode {m['mode']}, {m['wall_seconds'] / 60:.0f} min. Command: `{m['command']}`."
+                 for name, m in runs.items()]  # fmt: skip
     lines = [
         "# The codec of `nerncompress compress` against NNCodec",
         "",
-        f"Measured {meta['date']} on {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, commit "
-        f"{meta['commit'][:10]}, seed {meta['seed']}, target {meta['target']}% agreement on held-out training "
-        f"images, mode {meta['mode']}. Command: `{meta['command']}`.",
+        *run_lines,
         "",
         "File ratio = bytes of the file, everything counted / bytes of the fp32 safetensors state_dict. Top-1 on "
         "test1000_lossless; agreement and paired delta against the original on test10k_jpeg (final figures only: "
@@ -222,15 +229,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nncodec-python", default=None, help="python of the NNCodec virtualenv: run it in this run")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    rows = [row for model in args.models for row in benchmark_model(model, args)]
-    meta = {
-        "date": date.today().isoformat(), "device": cpu_device(), "threads": args.threads, "torch": torch.__version__,
-        "commit": git_commit(), "seed": args.seed, "target": args.target, "mode": "quick" if args.quick else "full",
-        "command": " ".join(["python", *sys.argv]), "wall_seconds": round(time.perf_counter() - started, 1),
-    }  # fmt: skip
-    write_results(rows, meta, args.out)
-
+    for model in args.models:  # one model at a time, so that a long run keeps what it has measured
+        started = time.perf_counter()
+        rows = benchmark_model(model, args)
+        meta = {
+            "date": date.today().isoformat(), "device": cpu_device(), "threads": args.threads,
+            "torch": torch.__version__, "commit": git_commit(), "seed": args.seed, "target": args.target,
+            "mode": "quick" if args.quick else "full", "command": " ".join(["python", *sys.argv]),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }  # fmt: skip
+        write_results(model, rows, meta, args.out)
 
 if __name__ == "__main__":
     main()

@@ -183,7 +183,8 @@ def test_a_hybrid_file_round_trips_with_its_residuals(tmp_path, offer):
     faked = {**base, **{key: value + 0.01 * torch.randn_like(value) for key, value in predictor.predicted.items()}}
     codes, choice = choose(predictor, faked, steps, rate_weight=0.0)
     assert choice.predictor_used
-    from nerncompress.coding import _template, quantize_state
+    from nerncompress.coding import quantize_state
+    from nerncompress.coding.search import _template
 
     template = _template(SPEC, faked, weights + fine, faked, {})
     all_codes = {**quantize_state(faked, steps, fine, 0.0), **codes}
@@ -215,16 +216,16 @@ def test_hybrid_coding_end_to_end(state_dict, images):
 def test_an_interrupted_search_resumes_to_the_same_file(tmp_path, state_dict, images, monkeypatch):
     """Stopped in its second fine-tuning stage, the search keeps the first; --resume ends with the bytes of an
     uninterrupted run."""
-    from nerncompress import coding
+    from nerncompress.coding import Stages, search
     from nerncompress.errors import Interrupted
 
     config = CodeConfig(**{**FAST, "stages": 3, "stage_iters": 4})
     gate = AccuracyGate(min_agreement=0.0)
     whole, _ = code_checkpoint(state_dict, config, arch=SPEC, data=images, target=gate, device="cpu")
     fingerprint = {"test": 1}
-    stages = coding.Stages(tmp_path / "x.resume", fingerprint)
+    stages = Stages(tmp_path / "x.resume", fingerprint)
     calls = []
-    real = coding.finetune
+    real = search.finetune
 
     def stopping(*args, **kwargs):
         calls.append(1)
@@ -232,15 +233,15 @@ def test_an_interrupted_search_resumes_to_the_same_file(tmp_path, state_dict, im
             stages.signal = "SIGINT"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(coding, "finetune", stopping)
+    monkeypatch.setattr(search, "finetune", stopping)
     with pytest.raises(Interrupted, match="--resume"):
         code_checkpoint(state_dict, config, arch=SPEC, data=images, target=gate, device="cpu", resume=stages)
     assert (tmp_path / "x.resume").is_file()
-    monkeypatch.setattr(coding, "finetune", real)
+    monkeypatch.setattr(search, "finetune", real)
     resumed, record = code_checkpoint(state_dict, config, arch=SPEC, data=images, target=gate, device="cpu",
-                                      resume=coding.Stages(tmp_path / "x.resume", fingerprint, resume=True))  # fmt: skip
+                                      resume=Stages(tmp_path / "x.resume", fingerprint, resume=True))  # fmt: skip
     save_artifact(whole, tmp_path / "whole.nern")
     save_artifact(resumed, tmp_path / "resumed.nern")
     assert (tmp_path / "whole.nern").read_bytes() == (tmp_path / "resumed.nern").read_bytes()
     with pytest.raises(UsageError, match="different"):
-        coding.Stages(tmp_path / "x.resume", {"test": 2}, resume=True).load()
+        Stages(tmp_path / "x.resume", {"test": 2}, resume=True).load()

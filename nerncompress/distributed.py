@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import uuid
@@ -283,11 +284,15 @@ def launch(
     elastic = logging.getLogger("torch.distributed.elastic")
     level, elastic.level = elastic.level, logging.CRITICAL  # its warnings and failure tables are not ours to print
     failure: BaseException | None = None
+    handlers = _signal_handlers()  # the launcher installs its own and leaves them: put ours back afterwards
     try:
         results = elastic_launch(config, _worker)(fn, kwargs, channel)
     except (ChildFailedError, Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the rank's own error wins
         failure, results = exc, {}
     finally:
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: a handler not installed from Python, which cannot be put back
+                signal.signal(signum, handler)
         elastic.setLevel(level)
         channel.put(("stop",))
         pump.join(timeout=30)
@@ -300,6 +305,13 @@ def launch(
             raise failure
         raise NernError(f"a worker process failed without an error message ({_one_line(failure)})") from failure
     return results[0]
+
+
+def _signal_handlers() -> dict[signal.Signals, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    names = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+    return {sig: signal.getsignal(sig) for sig in (getattr(signal, name) for name in names if hasattr(signal, name))}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import NernError, UsageError
+from .errors import Interrupted, NernError, UsageError
 from .progress import Reporter, StepCallback
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -96,6 +96,19 @@ def check_divisible(batch_size: int, size: int) -> None:
         raise UsageError(
             f"batch_size must be divisible by the number of processes ({size}), got {batch_size}: "
             f"use a multiple of {size}, e.g. {max(size, batch_size - batch_size % size)}"
+        )
+
+
+def check_devices(device: torch.device, size: int) -> None:
+    """On CUDA, every process needs a GPU of its own (nccl refuses two ranks on one).
+
+    Raises:
+        UsageError: more processes than GPUs, naming ``nproc`` and ``device``.
+    """
+    if device.type == "cuda" and size > 1 and device.index is None and size > torch.cuda.device_count():
+        raise UsageError(
+            f"nproc must be at most the number of CUDA devices ({torch.cuda.device_count()}) with device cuda, got "
+            f"{size}: give fewer processes, or device cpu"
         )
 
 
@@ -281,8 +294,7 @@ def launch(
     errors: list[tuple[int, BaseException]] = []
     pump = threading.Thread(target=_pump, args=(channel, reporter, errors), daemon=True)
     pump.start()
-    elastic = logging.getLogger("torch.distributed.elastic")
-    level, elastic.level = elastic.level, logging.CRITICAL  # its warnings and failure tables are not ours to print
+    levels = _quiet_loggers("torch.distributed")  # the launcher's warnings and failure tables are not ours to print
     failure: BaseException | None = None
     handlers = _signal_handlers()  # the launcher installs its own and leaves them: put ours back afterwards
     try:
@@ -293,7 +305,8 @@ def launch(
         for signum, handler in handlers.items():
             if handler is not None:  # None: a handler not installed from Python, which cannot be put back
                 signal.signal(signum, handler)
-        elastic.setLevel(level)
+        for logger, level in levels.items():
+            logger.setLevel(level)
         channel.put(("stop",))
         pump.join(timeout=30)
         with contextlib.suppress(Exception):
@@ -301,10 +314,21 @@ def launch(
     if errors:
         raise errors[0][1]
     if failure is not None:
-        if isinstance(failure, KeyboardInterrupt):
-            raise failure
+        if isinstance(failure, KeyboardInterrupt) or type(failure).__name__ == "SignalException":
+            name = getattr(getattr(failure, "sigval", None), "name", "SIGINT")
+            raise Interrupted(f"interrupted by {name} before the workers started training: nothing saved") from None
         raise NernError(f"a worker process failed without an error message ({_one_line(failure)})") from failure
     return results[0]
+
+
+def _quiet_loggers(prefix: str) -> dict[logging.Logger, int]:
+    """Raise every logger under ``prefix`` to CRITICAL; return their levels, to put back."""
+    names = [prefix] + [name for name in logging.root.manager.loggerDict if name.startswith(prefix + ".")]
+    loggers = [logging.getLogger(name) for name in names]
+    levels = {logger: logger.level for logger in loggers}
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    return levels
 
 
 def _signal_handlers() -> dict[signal.Signals, Any]:

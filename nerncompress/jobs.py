@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint
 from .coding import CodeConfig, Stages, code_checkpoint
 from .compression import PruneConfig, QuantizeConfig, compress
 from .devices import resolve_device
-from .distributed import barrier, check_divisible, launch, launched_world, process_group, rank_device
+from .distributed import barrier, check_devices, check_divisible, launch, launched_world, process_group, rank_device
 from .distributed import current as current_world
 from .data import ImageData, concat_data, load_data, preset_stats, split_holdout, to_float
 from .distillation import DistillConfig, check_distillable, check_teacher, distill
@@ -281,6 +281,7 @@ def run_distill(
         raise UsageError("an accuracy gate on distill scores the held-out training images: give real data and holdout > 0")
     target = check_output(output or Path(f"{nern_path.stem}.distilled.nern"), nern_path, teacher, *data)
     if nproc > 1:
+        check_devices(resolve_device(device), nproc)
         reporter.log(f"starting {nproc} processes, {config.batch_size // nproc} images of each batch apiece")
         kwargs = {
             "nern_path": nern_path, "teacher": teacher, "data": list(data), "config": config, "output": target,
@@ -289,6 +290,7 @@ def run_distill(
             "checkpoint_every": checkpoint_every, "trust_pickle": trust_pickle, "trust_code": trust_code,
         }  # fmt: skip
         return launch(run_distill, kwargs, nproc=nproc, reporter=reporter)
+    check_devices(resolve_device(device), max(nproc, launched.size))
     with process_group(resolve_device(device)) as world:
         if not world.main:
             reporter = silent

@@ -2,7 +2,8 @@
 one process writes for the same global batch and seed, within float rounding; rank 0 alone writes and prints;
 errors end every rank with one line; a resume file is read by every rank.
 
-Each two-process run spawns two interpreters that import torch (about 5 s of CPU each on the shared cores).
+Each two-process run spawns two interpreters that import torch (about 10 s on two shared cores): the comparison
+and the usage error run by default, the rest with the slow tests (``-m slow``).
 """
 
 from __future__ import annotations
@@ -93,17 +94,19 @@ def test_a_batch_that_does_not_divide_by_nproc_is_a_usage_error(ws, tmp_path):
     assert not (tmp_path / "x.nern").exists() and not (tmp_path / "y.nern").exists()
 
 
+@pytest.mark.slow
 def test_an_error_on_the_workers_ends_every_rank_with_one_line(ws, tmp_path):
     """Raised after the launch (a resume file of another run): one line, its exit code, no hang, no traceback."""
     output = tmp_path / "out.nern"
     argv = ["distill", ws["nern"], "--teacher", ws["checkpoint"], "--data", ws["data"], *DISTILL]
     resume_path(output).write_bytes(b"not a resume file")
     result = invoke(*argv, "--nproc", "2", "--resume", "-o", output)
-    assert_one_line_error(result, 1) if result.exit_code == 1 else assert_one_line_error(result, result.exit_code)
+    assert_one_line_error(result, 1)  # a CheckpointError, raised on both ranks, reported once
     assert "resume file" in result.stderr.strip().splitlines()[-1]
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_a_run_saved_by_one_process_resumes_on_two(ws, tmp_path, monkeypatch):
     """Rank 0 writes the snapshots, every rank reads them: one process is interrupted, two finish the run."""
     argv = ["distill", ws["nern"], "--teacher", ws["checkpoint"], "--data", ws["data"], *DISTILL]

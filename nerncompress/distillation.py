@@ -330,7 +330,8 @@ def train_with_teacher(
             eps = torch.rand(probes, 1, generator=generator) * probe_step
             first = max(shard.start, batch.shape[0] - probes)
             if first < shard.stop:
-                mine, steps = slice(first - shard.start, None), eps[first - (batch.shape[0] - probes) :]
+                start = batch.shape[0] - probes
+                mine, steps = slice(first - shard.start, None), eps[first - start : shard.stop - start]
                 with autocast:
                     x[mine] = disagreement_probes(x[mine], student, weights, teacher, eps=steps.to(device))
         with autocast, torch.no_grad(), capture_features(taps_teacher) as teacher_features:

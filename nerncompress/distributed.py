@@ -294,7 +294,8 @@ def launch(
     errors: list[tuple[int, BaseException]] = []
     pump = threading.Thread(target=_pump, args=(channel, reporter, errors), daemon=True)
     pump.start()
-    levels = _quiet_loggers("torch.distributed")  # the launcher's warnings and failure tables are not ours to print
+    # the launcher's warnings and failure tables are not ours to print
+    levels = {**_quiet_loggers("torch.distributed"), **_quiet_loggers("torch.multiprocessing")}
     failure: BaseException | None = None
     handlers = _signal_handlers()  # the launcher installs its own and leaves them: put ours back afterwards
     try:

@@ -28,9 +28,10 @@ from nerncompress.training import FitConfig, fit
 
 LR = 1e-3
 ITERS = 6
+# Batches of 8 on two processes: the 6 probes of each batch (--probe-fraction 0.75) fall in both shards.
 DISTILL = ["--iters", str(ITERS), "--batch-size", "8", "--lr", str(LR), "--holdout", "0.25", "--eval-every", "2",
            "--device", "cpu", "--seed", "2", "--holdout-seed", "2", "--threads", "1", "--mix", "cutmix",
-           "--probe-fraction", "0.25", "--ema", "0.5"]  # fmt: skip
+           "--probe-fraction", "0.75", "--ema", "0.5"]  # fmt: skip
 LAUNCH_TIMEOUT = 120  # seconds: a hang fails the test instead of the CI job
 
 
@@ -51,13 +52,14 @@ def assert_same_predictor(one: Path, other: Path) -> None:
 
     The gradients of one process and of two agree to about 1e-7 relative (measured), but Adam divides every
     gradient by its own running magnitude: a weight whose gradient is near zero (around Adam's eps) can move by up
-    to ``lr`` per step in either direction on rounding alone. So: nearly every weight agrees to 1e-5, and none
-    differs by more than Adam's largest move.
+    to ``lr`` per step in either direction on rounding alone; and a probe moves each pixel by the sign of a
+    gradient, which rounding flips where that gradient is near zero. So: nearly every weight agrees to 1e-4 (most
+    to 1e-6), and none differs by more than Adam's largest move.
     """
     a, b = load_artifact(one), load_artifact(other)
     first, second = a.predictor.state_dict(), b.predictor.state_dict()
     difference = torch.cat([(first[key] - second[key]).abs().flatten() for key in first])
-    assert float((difference <= 1e-5).float().mean()) >= 0.99, difference.sort().values[-20:]
+    assert float((difference <= 1e-4).float().mean()) >= 0.99, difference.sort().values[-20:]
     assert float(difference.max()) <= 2 * LR * ITERS
     record_a, record_b = a.history[-1], b.history[-1]
     assert record_a["selected_step"] == record_b["selected_step"]

@@ -242,7 +242,9 @@ def _holdout_predictions(student, regenerate, holdout_x: Tensor, world: World = 
     return _predictions(lambda x: functional_call(student, weights, (x,), strict=False), holdout_x, world)
 
 
-def _holdout_score(student, regenerate, holdout_x: Tensor, teacher_predictions: Tensor, world: World = World()) -> float:
+def _holdout_score(
+    student, regenerate, holdout_x: Tensor, teacher_predictions: Tensor, world: World = World()
+) -> float:
     """Percent of held-out images on which the student predicts the teacher's class."""
     predicted = _holdout_predictions(student, regenerate, holdout_x, world)
     return 100.0 * float((predicted == teacher_predictions).float().mean())

@@ -83,6 +83,7 @@ _EXPORTS = {
     "DEMO_TRAIN_EPOCHS": "demo",
     "environment_report": "report",
     "resolve_device": "devices",
+    "process_rank": "distributed",
     "Reporter": "progress",
     "StepCallback": "progress",
     "silent": "progress",

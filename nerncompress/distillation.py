@@ -21,6 +21,7 @@ from torch.func import functional_call
 from ._version import __version__
 from .data import MIX_METHODS, ImageData, draw_batch, preset_stats, split_holdout, to_float
 from .devices import resolve_device
+from .distributed import World, average_gradients, current, gather_rows, mean_of
 from .errors import UsageError
 from .losses import capture_features, feature_map_loss, feature_taps, kd_loss, logit_mse_loss
 from .models.registry import build_model, check_arch
@@ -161,11 +162,12 @@ def student_model(nern: Nern, device: torch.device) -> nn.Module:
     return model
 
 
-def _draw_images(data, config: DistillConfig, mean, std, shape, generator, device) -> Tensor:
+def _draw_images(data, config: DistillConfig, mean, std, shape, generator) -> Tensor:
+    """The whole global batch, on the CPU: every rank of a data-parallel run draws it alike, then takes its shard."""
     return draw_batch(
         data, config.batch_size, mean=mean, std=std, shape=shape, generator=generator, augment=config.augment,
         mix=config.mix, mix_fraction=config.mix_fraction, noise_low=config.noise_low, noise_high=config.noise_high,
-    ).to(device)  # fmt: skip
+    )  # fmt: skip
 
 
 def disagreement_probes(
@@ -226,18 +228,25 @@ def weights_swapped(module: nn.Module, state: dict[str, Tensor] | None) -> Itera
 
 
 @torch.no_grad()
-def _holdout_predictions(student, regenerate, holdout_x: Tensor, batch: int = 500) -> Tensor:
-    weights = regenerate()
-    predictions = []
-    for start in range(0, holdout_x.shape[0], batch):
-        logits = functional_call(student, weights, (holdout_x[start : start + batch],), strict=False)
-        predictions.append(logits.argmax(dim=1))
-    return torch.cat(predictions)
+def _predictions(model, holdout_x: Tensor, world: World, batch: int = 500) -> Tensor:
+    """Classes ``model`` predicts for every held-out image; each rank of a run predicts its share."""
+    mine = holdout_x[world.shard(holdout_x.shape[0])]
+    predictions = [model(mine[start : start + batch]).argmax(dim=1) for start in range(0, mine.shape[0], batch)]
+    local = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long, device=holdout_x.device)
+    return gather_rows(local, holdout_x.shape[0], world)
 
 
-def _holdout_score(student, regenerate, holdout_x: Tensor, teacher_predictions: Tensor) -> float:
+def _holdout_predictions(student, regenerate, holdout_x: Tensor, world: World = World()) -> Tensor:
+    with torch.no_grad():
+        weights = regenerate()
+    return _predictions(lambda x: functional_call(student, weights, (x,), strict=False), holdout_x, world)
+
+
+def _holdout_score(
+    student, regenerate, holdout_x: Tensor, teacher_predictions: Tensor, world: World = World()
+) -> float:
     """Percent of held-out images on which the student predicts the teacher's class."""
-    predicted = _holdout_predictions(student, regenerate, holdout_x)
+    predicted = _holdout_predictions(student, regenerate, holdout_x, world)
     return 100.0 * float((predicted == teacher_predictions).float().mean())
 
 
@@ -265,7 +274,14 @@ def train_with_teacher(
     predictor to; None = the weights it regenerates before training.
     Model selection: every ``eval_every`` steps the student's agreement with the teacher on the held-out
     training images is measured and the best predictor state is kept.
+
+    In a data-parallel run (see ``distributed.py``) every rank draws the whole global batch of ``batch_size``
+    images alike (the same generator: sampling, augmentation, mixing, probe steps) and trains on its equal shard;
+    the losses are batch means, so the mean of the ranks' gradients is the gradient of the global batch, and every
+    rank holds the same predictor. The student and the teacher run in eval mode (BatchNorm uses its running
+    statistics), so a shard's outputs do not depend on the rest of the batch. The holdout is scored in shares.
     """
+    world = current()
     mean, std = preset_stats(nern.arch.preset)
     generator = torch.Generator().manual_seed(config.seed)
     holdout_x = holdout_y = None
@@ -288,31 +304,38 @@ def train_with_teacher(
     teacher_holdout = None
     if holdout_x is not None:
         with torch.no_grad():
-            teacher_holdout = torch.cat([teacher(holdout_x[i : i + 500]).argmax(1) for i in range(0, len(holdout_x), 500)])
+            teacher_holdout = _predictions(teacher, holdout_x, world)
     resumed = checkpointer.restore(predictor, optimizer, generator) if checkpointer is not None else None
     if resumed is not None:
         best, best_state, average = resumed.best, resumed.best_predictor, resumed.average
     else:
         best = {"step": 0, "holdout_agreement": None}
         if teacher_holdout is not None:
-            best["holdout_agreement"] = _holdout_score(student, regenerate, holdout_x, teacher_holdout)
+            best["holdout_agreement"] = _holdout_score(student, regenerate, holdout_x, teacher_holdout, world)
         best_state = _copy_state(predictor)
         average = _copy_state(predictor) if config.ema_decay > 0 else None
     probe_step = (config.probe_eps / 255.0) / torch.tensor([std])  # largest step per channel, normalised units
     metrics: dict[str, float] = {}
+    shard = world.shard(config.batch_size)  # the batch size divides by the world size (checked by the job)
+    reported = None
     for step in range(resumed.step if resumed is not None else 0, config.iters):
         lr = lr_at(step, total=config.iters, peak=config.lr, warmup=config.warmup, final_ratio=config.final_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
         predictor.train()
-        x = _draw_images(data, config, mean, std, nern.arch.input_shape, generator, device)
+        batch = _draw_images(data, config, mean, std, nern.arch.input_shape, generator)
+        x = batch[shard].to(device)
         with autocast:
             weights = regenerate()
-        probes = round(x.shape[0] * config.probe_fraction)
-        if probes:
+        probes = round(batch.shape[0] * config.probe_fraction)
+        if probes:  # the last `probes` images of the global batch; this shard's among them
             eps = torch.rand(probes, 1, generator=generator) * probe_step
-            with autocast:
-                x[-probes:] = disagreement_probes(x[-probes:], student, weights, teacher, eps=eps.to(device))
+            first = max(shard.start, batch.shape[0] - probes)
+            if first < shard.stop:
+                start = batch.shape[0] - probes
+                mine, steps = slice(first - shard.start, None), eps[first - start : shard.stop - start]
+                with autocast:
+                    x[mine] = disagreement_probes(x[mine], student, weights, teacher, eps=steps.to(device))
         with autocast, torch.no_grad(), capture_features(taps_teacher) as teacher_features:
             teacher_logits = teacher(x)
         with autocast, capture_features(taps_student) as student_features:
@@ -332,19 +355,22 @@ def train_with_teacher(
             loss = loss + config.recon_weight * recon.float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(predictor.parameters(), world)
         optimizer.step()
         if average is not None:
             update_average(average, predictor, config.ema_decay)
         done = step + 1
-        if on_step is not None and (step % log_every == 0 or done == config.iters):
-            metrics = {"loss": float(loss.detach()), "kd": float(loss_kd.detach()), "lr": lr}
-            on_step(done, config.iters, metrics)
+        if step % log_every == 0 or done == config.iters:  # every rank: the figures are means over the ranks
+            reported = mean_of(torch.stack([loss.detach().float(), loss_kd.detach().float()]), world).cpu()
+            if on_step is not None:
+                metrics = {"loss": float(reported[0]), "kd": float(reported[1]), "lr": lr}
+                on_step(done, config.iters, metrics)
         if teacher_holdout is not None and (
             done == config.iters or (config.eval_every and done % config.eval_every == 0)
         ):
             predictor.eval()
             with weights_swapped(predictor, average):  # the average is what would be written
-                score = _holdout_score(student, regenerate, holdout_x, teacher_holdout)
+                score = _holdout_score(student, regenerate, holdout_x, teacher_holdout, world)
                 if score >= best["holdout_agreement"]:
                     best = {"step": done, "holdout_agreement": score}
                     best_state = _copy_state(predictor)
@@ -359,7 +385,7 @@ def train_with_teacher(
     if teacher_holdout is not None:
         predictor.load_state_dict(best_state)
         predictor.eval()
-        figures["holdout_top1"] = _top1(_holdout_predictions(student, regenerate, holdout_x), holdout_y)
+        figures["holdout_top1"] = _top1(_holdout_predictions(student, regenerate, holdout_x, world), holdout_y)
         figures["holdout_teacher_top1"] = _top1(teacher_holdout, holdout_y)
     else:
         best = {"step": config.iters, "holdout_agreement": None}
@@ -367,7 +393,7 @@ def train_with_teacher(
             predictor.load_state_dict(average)
     predictor.eval().cpu()
     return {
-        "final_loss": float(loss.detach()), "selected_step": best["step"],
+        "final_loss": float(reported[0]), "selected_step": best["step"],
         "holdout_agreement": best["holdout_agreement"], **figures,
     }  # fmt: skip
 

@@ -9,6 +9,7 @@ decides what a miss means (the CLI exits 3).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,8 @@ from .checkpoint import load_checkpoint
 from .coding import CodeConfig, Stages, code_checkpoint
 from .compression import PruneConfig, QuantizeConfig, compress
 from .devices import resolve_device
+from .distributed import barrier, check_devices, check_divisible, launch, launched_world, process_group, rank_device
+from .distributed import current as current_world
 from .data import ImageData, concat_data, load_data, preset_stats, split_holdout, to_float
 from .distillation import DistillConfig, check_distillable, check_teacher, distill
 from .errors import UsageError
@@ -229,6 +232,7 @@ def run_distill(
     gate: AccuracyGate | None = None,
     device: str = "auto",
     threads: int | None = None,
+    nproc: int = 1,
     resume: bool = False,
     checkpoint_every: int = DEFAULT_EVERY_STEPS,
     trust_pickle: bool = False,
@@ -236,6 +240,12 @@ def run_distill(
     reporter: Reporter = silent,
 ) -> dict[str, Any]:
     """Distill a ``.nern`` from a teacher (see ``distillation.distill``) and write the result.
+
+    Data-parallel (see ``distributed.py``): with ``nproc`` > 1 the job runs in that many local processes started
+    by torch's elastic launcher (gloo on the CPU, nccl on CUDA), each training on an equal shard of every batch of
+    ``config.batch_size`` images; run under ``torchrun`` it joins the launcher's processes the same way. The file
+    written is the one process would write with the same batch size and seed, within float rounding. Only rank 0
+    writes the output and the resume file and reports; a resume file is read by every rank.
 
     Args:
         nern_path: the fitted .nern.
@@ -245,19 +255,72 @@ def run_distill(
         output: default: the input's name with the suffix .distilled.nern, in the current folder.
         gate: fidelity the result must reach on the held-out training images (agreement with the teacher, drop
             of top-1 against it); needs real data and a holdout.
+        nproc: processes of a data-parallel run (1: this process alone, or the processes torchrun started);
+            ``config.batch_size`` must divide by it. Without ``threads``, each process takes an equal share of the
+            CPU cores.
         teacher_arch, split, device, threads, resume, checkpoint_every, trust_pickle, trust_code, reporter: as
             in ``run_fit`` and ``load_model``.
 
     Returns:
-        ``report.distill_summary`` of the written file, with ``gate`` when one was given.
+        ``report.distill_summary`` of the written file, with ``gate`` when one was given, ``threads`` (per
+        process) and ``processes``.
     """
     config = config or DistillConfig()
     nern_path, teacher = Path(nern_path), Path(teacher)
+    launched = launched_world()
+    if nproc < 1:
+        raise UsageError(f"nproc must be >= 1, got {nproc}")
+    if nproc > 1 and launched.distributed:
+        raise UsageError(
+            f"nproc: this process is already one of {launched.size} started by a launcher (torchrun): give nproc 1"
+        )
+    check_divisible(config.batch_size, max(nproc, launched.size))
     if not data:
         raise UsageError("distill needs data: dataset specs, or 'noise' for data-free distillation")
     if gate is not None and ("noise" in data or config.holdout <= 0):
         raise UsageError("an accuracy gate on distill scores the held-out training images: give real data and holdout > 0")
     target = check_output(output or Path(f"{nern_path.stem}.distilled.nern"), nern_path, teacher, *data)
+    if nproc > 1:
+        check_devices(resolve_device(device), nproc)
+        reporter.log(f"starting {nproc} processes, {config.batch_size // nproc} images of each batch apiece")
+        kwargs = {
+            "nern_path": nern_path, "teacher": teacher, "data": list(data), "config": config, "output": target,
+            "split": split, "teacher_arch": teacher_arch, "gate": gate, "device": device,
+            "threads": threads if threads is not None else max(1, (os.cpu_count() or 1) // nproc), "resume": resume,
+            "checkpoint_every": checkpoint_every, "trust_pickle": trust_pickle, "trust_code": trust_code,
+        }  # fmt: skip
+        return launch(run_distill, kwargs, nproc=nproc, reporter=reporter)
+    check_devices(resolve_device(device), max(nproc, launched.size))
+    with process_group(resolve_device(device)) as world:
+        if not world.main:
+            reporter = silent
+        return _distill_here(
+            nern_path, teacher, data, config, target, split=split, teacher_arch=teacher_arch, gate=gate,
+            device=str(rank_device(resolve_device(device), world)), threads=threads, resume=resume,
+            checkpoint_every=checkpoint_every, trust_pickle=trust_pickle, trust_code=trust_code, reporter=reporter,
+        )  # fmt: skip
+
+
+def _distill_here(
+    nern_path: Path,
+    teacher: Path,
+    data: Sequence[str],
+    config: DistillConfig,
+    target: Path,
+    *,
+    split: str,
+    teacher_arch: str | None,
+    gate: AccuracyGate | None,
+    device: str,
+    threads: int | None,
+    resume: bool,
+    checkpoint_every: int,
+    trust_pickle: bool,
+    trust_code: bool,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """``run_distill`` in this process: alone, or as one rank of a data-parallel run (its group joined)."""
+    world = current_world()
     nern = load_artifact(nern_path, trust_code=trust_code)
     check_distillable(nern)  # before loading the teacher and the data
     check_arch(nern.arch)
@@ -281,9 +344,11 @@ def run_distill(
         )  # fmt: skip
         threads_used = torch.get_num_threads()
     seconds = time.perf_counter() - started
-    save_artifact(nern, target)
+    if world.main:
+        save_artifact(nern, target)
     checkpointer.discard()
-    summary = {**distill_summary(nern, target, seconds=seconds), "threads": threads_used}
+    barrier(world)  # the other ranks read the written file's size for the summary
+    summary = {**distill_summary(nern, target, seconds=seconds), "threads": threads_used, "processes": world.size}
     if gate is not None:
         drop = summary.get("holdout_drop")
         summary["gate"] = gate.check(summary["holdout_agreement"], drop, on="held-out training images")

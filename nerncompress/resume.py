@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from ._io import PathLike
+from .distributed import current, max_of
 from .errors import CheckpointError, Interrupted, UsageError
 from .safetensors_io import save_safetensors
 
@@ -386,13 +387,20 @@ class Checkpointer:
     def step_done(self, step: int, total: int, capture: Callable[[], LoopState]) -> None:
         """Called after each step: save when due or when a signal arrived; then stop for a signal.
 
-        Nothing is saved after the last step: the loop ends and its caller writes the result.
+        Nothing is saved after the last step: the loop ends and its caller writes the result. In a data-parallel
+        run every rank calls this after every step: the ranks agree on whether any received a signal, all stop
+        after the same step, and only rank 0 writes the file.
 
         Raises:
             Interrupted: a signal arrived (after saving).
         """
         if step >= total:
             return
+        world = current()
+        if world.distributed:
+            received = max_of(signal.Signals[self.stop_requested].value if self.stop_requested else 0, world)
+            if received and not self.stop_requested:
+                self.stop_requested = signal.Signals(received).name
         due = (self.every_steps > 0 and step % self.every_steps == 0) or (
             self.every_seconds > 0 and time.monotonic() - self._last_save >= self.every_seconds
         )
@@ -406,7 +414,11 @@ class Checkpointer:
             )
 
     def save(self, loop: LoopState) -> None:
-        """Write a snapshot of ``loop`` in the current round (atomically: a killed save keeps the previous one)."""
+        """Write a snapshot of ``loop`` in the current round (atomically: a killed save keeps the previous one).
+
+        In a data-parallel run only rank 0 writes (every rank holds the same state)."""
+        if not current().main:
+            return
         snapshot = Snapshot(
             self.fingerprint, self.round, self.history, self.round_start, loop, self.round_start_positions
         )
@@ -415,7 +427,9 @@ class Checkpointer:
         self._last_save = time.monotonic()
 
     def discard(self) -> None:
-        """Delete the resume file (the run's output is written)."""
+        """Delete the resume file (the run's output is written; rank 0's to do in a data-parallel run)."""
+        if not current().main:
+            return
         self.path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------------------------ signals
@@ -423,8 +437,10 @@ class Checkpointer:
     def signals(self) -> Iterator[Checkpointer]:
         """Turn SIGINT and SIGTERM into a request to save and stop after the current step.
 
-        A second signal raises ``KeyboardInterrupt`` at once (no save). Outside the main thread, where Python cannot
-        install handlers, this does nothing.
+        A second signal raises ``KeyboardInterrupt`` at once (no save), except in a data-parallel run: there the
+        launcher passes the user's signal on to its workers, which may then see it twice, and every rank must reach
+        the end of the step to agree on stopping. Outside the main thread, where Python cannot install handlers,
+        this does nothing.
         """
         if threading.current_thread() is not threading.main_thread():
             yield self
@@ -432,6 +448,8 @@ class Checkpointer:
 
         def handler(signum: int, frame: Any) -> None:
             if self.stop_requested:
+                if current().distributed:
+                    return
                 raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice: stopped without saving")
             self.stop_requested = signal.Signals(signum).name
 

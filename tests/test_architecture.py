@@ -13,7 +13,7 @@ PACKAGE = Path(nerncompress.__file__).resolve().parent
 # Lowest first. A module may import modules of its own layer or of layers below it (docs/ARCHITECTURE.md).
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["_version", "errors", "_io", "devices", "progress", "gate", "bitpack", "entropy",
-                    "safetensors_io"]),
+                    "safetensors_io", "distributed"]),
     ("models and data", ["models", "checkpoint", "data"]),
     ("representation", ["embeddings", "permutations", "predictor", "layers", "quantization", "codes", "nern"]),
     ("storage", ["artifact"]),

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .. import DEFAULT_EVERY_STEPS, DistillConfig, UsageError, enforce_gate, run_distill
+from .. import DEFAULT_EVERY_STEPS, DistillConfig, UsageError, enforce_gate, process_rank, run_distill
 from . import output
 from .options import (
     TRAINING,
@@ -124,12 +124,23 @@ EvalEveryOpt = Annotated[
     ),
 ]
 
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc", min=1,
+        help="Data-parallel processes on this machine (gloo on the CPU, nccl on CUDA): each takes an equal share of "
+        "every batch, so --batch-size must divide by N; the result is the one-process result. The same as "
+        "'torchrun --nproc_per_node N -m nerncompress distill ...'. Default: one process.",
+    ),
+]  # fmt: skip
+
 EPILOG = examples(
     "nerncompress distill resnet20.nern --teacher resnet20.th --data cifar-10-batches-py",
     "nerncompress distill resnet20.nern --teacher resnet20.th --data cifar2k.npz --data cifar5k-jpeg.npz "
     "--iters 600 -o resnet20-kd.nern",
     "nerncompress distill resnet20.nern --teacher resnet20.th --data train.npz --min-agreement 97   # exit 3 below",
     "nerncompress distill resnet20.nern --teacher resnet20.th --data noise --json",
+    "nerncompress distill resnet20.nern --teacher resnet20.th --data cifar-10-batches-py --nproc 4 --batch-size 256",
 )
 
 
@@ -158,6 +169,7 @@ def distill_command(
     seed: SeedOpt = DEFAULTS.seed,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    nproc: NprocOpt = 1,
     output_path: OutputOpt = None,
     resume: ResumeOpt = False,
     checkpoint_every: CheckpointEveryOpt = DEFAULT_EVERY_STEPS,
@@ -174,7 +186,7 @@ def distill_command(
     suffix .distilled.nern. Ctrl-C or SIGTERM saves the progress to OUTPUT.resume and exits 130; the same command
     with --resume continues it. Distill before prune and quantize: a pruned or quantized .nern is refused.
     """
-    out = output.Output(json_output)
+    out = output.Output(json_output, quiet=process_rank() != 0)  # under torchrun, rank 0 alone prints
     if teacher is None:
         raise UsageError(
             "distill needs --teacher CHECKPOINT: a .nern does not store the original network; pass it, or a "
@@ -190,8 +202,8 @@ def distill_command(
     summary = run_distill(
         nern_path, teacher=teacher, data=data, config=config, output=output_path, split=split,
         teacher_arch=teacher_arch, gate=accuracy_gate(min_agreement, max_drop), device=device, threads=threads,
-        resume=resume, checkpoint_every=checkpoint_every, trust_pickle=trust_pickle, trust_code=trust_code,
-        reporter=out,
+        nproc=nproc, resume=resume, checkpoint_every=checkpoint_every, trust_pickle=trust_pickle,
+        trust_code=trust_code, reporter=out,
     )  # fmt: skip
     out.result(summary, render)
     enforce_gate(summary)

@@ -173,15 +173,20 @@ class Output:
 
     Args:
         json_mode: ``--json`` was given.
+        quiet: print neither the result nor logs nor progress (a data-parallel run's ranks other than 0); errors
+            are still printed, by ``report_error``.
     """
 
-    def __init__(self, json_mode: bool = False) -> None:
+    def __init__(self, json_mode: bool = False, *, quiet: bool = False) -> None:
         self.json_mode = json_mode
+        self.quiet = quiet
         # One stderr console, shared by logs and progress bars, so that logs print above a live bar.
         self.err = stderr_console()
 
     def result(self, data: Mapping[str, Any], render: Callable[[Console, Mapping[str, Any]], None]) -> None:
         """Emit the command's result: ``render(console, data)`` for people, or ``data`` as JSON."""
+        if self.quiet:
+            return
         if self.json_mode:
             sys.stdout.write(to_json(data) + "\n")
             sys.stdout.flush()
@@ -190,6 +195,8 @@ class Output:
 
     def log(self, message: str) -> None:
         """One log line on stderr."""
+        if self.quiet:
+            return
         self.err.print(message, markup=False, style="dim", highlight=False)
 
     @contextmanager
@@ -200,6 +207,9 @@ class Output:
         phase of unknown length (``total`` None) shows a spinner and the elapsed time. When stderr is not a
         terminal (CI, pipes), a plain line is logged at each tenth of the phase and at its end.
         """
+        if self.quiet:
+            yield lambda step, total, metrics: None
+            return
         if not self.err.is_terminal:
             yield self._progress_lines(name)
             return

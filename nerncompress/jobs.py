@@ -33,7 +33,7 @@ from .gate import AccuracyGate
 from .exporter import check_export_path, export
 from .models import ArchSpec, build_model, check_arch, resolve_arch
 from .nern import check_shapes, expand_model
-from .progress import Reporter, silent
+from .progress import Reporter, sequential_phases, silent
 from .report import (
     artifact_report,
     checkpoint_report,
@@ -203,11 +203,11 @@ def run_fit(
     checkpointer = _checkpointer(target, resume=resume, every=checkpoint_every, reporter=reporter)
     reporter.log(f"fitting {checkpoint} ({source['tensors']} tensors, {spec.name}) -> {target}")
     started = time.perf_counter()
-    with _threads(threads), reporter.phase("fit", total=config.iters * config.rounds) as on_step:
+    with _threads(threads), sequential_phases(reporter) as phase:
         with checkpointer.signals():
             nern = fit(
-                state_dict, config, arch=spec, device=device, on_step=on_step, source=source, data=dataset,
-                checkpointer=checkpointer,
+                state_dict, config, arch=spec, device=device, on_step=phase("fit", config.iters * config.rounds),
+                source=source, data=dataset, checkpointer=checkpointer, on_positions=phase("positions"),
             )  # fmt: skip
         threads_used = torch.get_num_threads()
     seconds = time.perf_counter() - started

@@ -330,7 +330,7 @@ def test_fit_reports_the_positions_phase_and_takes_given_positions():
     state_dict = tiny_resnet_state_dict()
     config = FitConfig(hidden=8, iters=2, batch_size=64)
     calls = []
-    fitted = fit(state_dict, config, device="cpu", on_positions=lambda done, total, metrics: calls.append((done, total)))
+    fitted = fit(state_dict, config, device="cpu", on_positions=lambda done, total, _: calls.append((done, total)))
     total = sum(entry.num_kernels for entry in fitted.layers)
     assert calls[0] == (0, total) and calls[-1] == (total, total)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)

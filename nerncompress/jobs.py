@@ -10,6 +10,7 @@ decides what a miss means (the CLI exits 3).
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -135,6 +136,16 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def peak_rss_mb() -> float | None:
+    """The peak resident memory of this process so far, in MiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def _checkpointer(
     target: Path, *, resume: bool, every: int, reporter: Reporter, identity: dict | None = None
 ) -> Checkpointer:
@@ -213,7 +224,7 @@ def run_fit(
     seconds = time.perf_counter() - started
     save_artifact(nern, target)
     checkpointer.discard()
-    return {**fit_summary(nern, target, seconds=seconds), "threads": threads_used}
+    return {**fit_summary(nern, target, seconds=seconds), "threads": threads_used, "peak_rss_mb": peak_rss_mb()}
 
 
 # ----------------------------------------------------------------------------------------------------- distill
@@ -284,6 +295,7 @@ def run_distill(
     save_artifact(nern, target)
     checkpointer.discard()
     summary = {**distill_summary(nern, target, seconds=seconds), "threads": threads_used}
+    summary["peak_rss_mb"] = peak_rss_mb()
     if gate is not None:
         drop = summary.get("holdout_drop")
         summary["gate"] = gate.check(summary["holdout_agreement"], drop, on="held-out training images")
@@ -469,7 +481,7 @@ def run_expand(
     with _threads(threads):
         report = export(nern, output, device=device, opset=opset, verify=verify, reporter=reporter)
         threads_used = torch.get_num_threads()
-    return {**report.to_dict(), "threads": threads_used}
+    return {**report.to_dict(), "threads": threads_used, "peak_rss_mb": peak_rss_mb()}
 
 
 # -------------------------------------------------------------------------------------------------------- eval

@@ -49,9 +49,10 @@ BLOCK = 4096
 # greedy_chain called directly on more rows than this builds its chain from one matrix-vector product per step
 # instead of the dense similarity matrix (N^2 floats).
 _DENSE_LIMIT = 8192
-# assign_positions compares every kernel with every position of its layer (N^2 distances); larger layers are
-# matched within chain segments of this many positions.
-_ASSIGN_SEGMENT = 8192
+# assign_positions compares every kernel with every position of its layer (N^2 distances, and N^2 int64 indices
+# while choosing candidates); larger layers are matched within chain segments of this many positions, which bounds
+# that memory at a few hundred MB.
+_ASSIGN_SEGMENT = 4096
 # The infilter chains of many filters run as one batch of similarity matrices of at most this many floats.
 _BATCH_FLOATS = 1 << 24
 

@@ -5,6 +5,13 @@ normalised to [0, 1): (l / num_layers, f / C_out, c / C_in). With smoothing perm
 is the kernel's *position in the chain*, not its index in the weight tensor (see ``permutations.py``).
 The embedding of a coordinate p is, for every component and level k = 0..L-1,
 sin(pi * p * b^k) and cos(pi * p * b^k), concatenated: 6 * L values per kernel.
+
+The embedding is separable: its (layer, filter) part depends on the filter coordinate only and its channel part on
+the channel coordinate only. :func:`embed_positions` and :class:`KernelEmbeddings` therefore compute the sines and
+cosines once per filter and once per channel of a layer, and assemble a kernel's embedding by looking its two
+parts up: the same values as :func:`positional_embedding` of :func:`kernel_coordinates`, without holding an
+(N, 6L) float64 intermediate, or (``KernelEmbeddings``) any per-kernel embedding at all, for layers of millions of
+kernels.
 """
 
 from __future__ import annotations
@@ -82,3 +89,79 @@ def positional_embedding(coordinates: Tensor, config: EmbeddingConfig) -> Tensor
     angles = coordinates.to(torch.float64).unsqueeze(-1) * frequencies  # (N, 3, L)
     embedded = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)  # (N, 3, 2L)
     return embedded.reshape(coordinates.shape[0], -1).to(torch.float32)
+
+
+def _part_tables(
+    layer_index: int, num_layers: int, *, c_out: int, c_in: int, config: EmbeddingConfig
+) -> tuple[Tensor, Tensor]:
+    """The two parts of a layer's embeddings: float32 (C_out, 4L) (layer, filter) of each filter and (C_in, 2L)
+    channel of each channel."""
+    first = kernel_coordinates(layer_index, num_layers, torch.arange(c_out) * c_in, c_out=c_out, c_in=c_in)
+    second = kernel_coordinates(layer_index, num_layers, torch.arange(c_in), c_out=c_out, c_in=c_in)
+    split = 4 * config.levels
+    return positional_embedding(first, config)[:, :split], positional_embedding(second, config)[:, split:]
+
+
+def embed_positions(
+    layer_index: int, num_layers: int, positions: Tensor, *, c_out: int, c_in: int, config: EmbeddingConfig
+) -> Tensor:
+    """``positional_embedding(kernel_coordinates(...), config)`` of the given positions of one layer, from per-filter
+    and per-channel tables: float32 (len(positions), 6 * levels)."""
+    first, second = _part_tables(layer_index, num_layers, c_out=c_out, c_in=c_in, config=config)
+    positions = positions.to(torch.int64)
+    return torch.cat([first[torch.div(positions, c_in, rounding_mode="floor")], second[positions % c_in]], dim=1)
+
+
+class KernelEmbeddings:
+    """The embeddings of the kernels of several layers, concatenated in layer order, looked up when indexed.
+
+    Holds the per-filter and per-channel tables of every layer and two int32 row numbers per kernel, instead of
+    6 * levels floats per kernel. ``embeddings[index]`` (index: int64 (B,) kernel numbers) is float32 (B, 6L), equal
+    to rows of ``torch.cat([positional_embedding(kernel_coordinates(...)) for each layer])``.
+
+    Args:
+        layers: (layer_index, c_out, c_in, positions) of each layer, positions int64 (c_out * c_in,).
+        num_layers: the layer count of the coordinates.
+        config: the embedding.
+    """
+
+    def __init__(self, layers: list[tuple[int, int, int, Tensor]], num_layers: int, config: EmbeddingConfig) -> None:
+        firsts, seconds = [], []
+        self._layers = []  # (first row offset, second row offset, c_in, kernel offset, kernel count)
+        rows = [0, 0]
+        kernels = 0
+        for layer_index, c_out, c_in, _ in layers:
+            first, second = _part_tables(layer_index, num_layers, c_out=c_out, c_in=c_in, config=config)
+            firsts.append(first)
+            seconds.append(second)
+            self._layers.append((rows[0], rows[1], c_in, kernels, c_out * c_in))
+            rows[0] += c_out
+            rows[1] += c_in
+            kernels += c_out * c_in
+        self.first = torch.cat(firsts)
+        self.second = torch.cat(seconds)
+        self.first_rows = torch.empty(kernels, dtype=torch.int32)
+        self.second_rows = torch.empty(kernels, dtype=torch.int32)
+        for number, (*_, positions) in enumerate(layers):
+            self.set_positions(number, positions)
+
+    def set_positions(self, number: int, positions: Tensor) -> None:
+        """Give the kernels of the ``number``-th layer new positions: int64 (c_out * c_in,)."""
+        first_offset, second_offset, c_in, start, count = self._layers[number]
+        positions = positions.to(device=self.first_rows.device, dtype=torch.int64)
+        filters = torch.div(positions, c_in, rounding_mode="floor")
+        self.first_rows[start : start + count] = (filters + first_offset).to(torch.int32)
+        self.second_rows[start : start + count] = (positions - filters * c_in + second_offset).to(torch.int32)
+
+    def to(self, device: torch.device | str) -> KernelEmbeddings:
+        """Move the tables and row numbers to ``device`` (in place); returns self."""
+        for name in ("first", "second", "first_rows", "second_rows"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __len__(self) -> int:
+        return self.first_rows.shape[0]
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        return torch.cat([self.first[self.first_rows[index]], self.second[self.second_rows[index]]], dim=1)
+

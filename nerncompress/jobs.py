@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from .gate import AccuracyGate
 from .exporter import check_export_path, export
 from .models import ArchSpec, build_model, check_arch, resolve_arch
 from .nern import check_shapes, expand_model
-from .progress import Reporter, silent
+from .progress import Reporter, sequential_phases, silent
 from .report import (
     artifact_report,
     checkpoint_report,
@@ -138,6 +139,16 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def peak_rss_mb() -> float | None:
+    """The peak resident memory of this process so far, in MiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def _checkpointer(
     target: Path, *, resume: bool, every: int, reporter: Reporter, identity: dict | None = None
 ) -> Checkpointer:
@@ -206,17 +217,17 @@ def run_fit(
     checkpointer = _checkpointer(target, resume=resume, every=checkpoint_every, reporter=reporter)
     reporter.log(f"fitting {checkpoint} ({source['tensors']} tensors, {spec.name}) -> {target}")
     started = time.perf_counter()
-    with _threads(threads), reporter.phase("fit", total=config.iters * config.rounds) as on_step:
+    with _threads(threads), sequential_phases(reporter) as phase:
         with checkpointer.signals():
             nern = fit(
-                state_dict, config, arch=spec, device=device, on_step=on_step, source=source, data=dataset,
-                checkpointer=checkpointer,
+                state_dict, config, arch=spec, device=device, on_step=phase("fit", config.iters * config.rounds),
+                source=source, data=dataset, checkpointer=checkpointer, on_positions=phase("positions"),
             )  # fmt: skip
         threads_used = torch.get_num_threads()
     seconds = time.perf_counter() - started
     save_artifact(nern, target)
     checkpointer.discard()
-    return {**fit_summary(nern, target, seconds=seconds), "threads": threads_used}
+    return {**fit_summary(nern, target, seconds=seconds), "threads": threads_used, "peak_rss_mb": peak_rss_mb()}
 
 
 # ----------------------------------------------------------------------------------------------------- distill
@@ -349,6 +360,7 @@ def _distill_here(
     checkpointer.discard()
     barrier(world)  # the other ranks read the written file's size for the summary
     summary = {**distill_summary(nern, target, seconds=seconds), "threads": threads_used, "processes": world.size}
+    summary["peak_rss_mb"] = peak_rss_mb()
     if gate is not None:
         drop = summary.get("holdout_drop")
         summary["gate"] = gate.check(summary["holdout_agreement"], drop, on="held-out training images")
@@ -534,7 +546,7 @@ def run_expand(
     with _threads(threads):
         report = export(nern, output, device=device, opset=opset, verify=verify, reporter=reporter)
         threads_used = torch.get_num_threads()
-    return {**report.to_dict(), "threads": threads_used}
+    return {**report.to_dict(), "threads": threads_used, "peak_rss_mb": peak_rss_mb()}
 
 
 # -------------------------------------------------------------------------------------------------------- eval

@@ -24,12 +24,16 @@ from torch import Tensor, nn
 
 from .devices import resolve_device
 from .codes import QuantizedTensor
-from .embeddings import EmbeddingConfig, kernel_coordinates, positional_embedding
+from .embeddings import EmbeddingConfig, KernelEmbeddings, embed_positions
 from .errors import ArtifactError
 from .layers import LayerEntry
 from .models.registry import ArchSpec, build_model, check_arch, get_arch
 from .predictor import Predictor
 from .safetensors_io import TensorSpec
+
+
+# Without grad, layers of more kernels than this are regenerated in chunks of this many (bounded activations).
+PREDICT_CHUNK = 65536
 
 
 @dataclass
@@ -85,25 +89,51 @@ class Nern:
                 return entry
         raise KeyError(name)
 
+    def embeddings_at(self, entry: LayerEntry, positions: Tensor) -> Tensor:
+        """Embeddings of the given positions of one layer: float32 (len(positions), embedding.dim)."""
+        return embed_positions(
+            entry.layer_index, self.num_layers, positions, c_out=entry.c_out, c_in=entry.c_in, config=self.embedding
+        )
+
     def position_embeddings(self, entry: LayerEntry) -> Tensor:
         """Embeddings of every position 0..N-1 of one layer: float32 (C_out * C_in, embedding.dim)."""
-        every = torch.arange(entry.num_kernels, dtype=torch.int64)
-        coords = kernel_coordinates(entry.layer_index, self.num_layers, every, c_out=entry.c_out, c_in=entry.c_in)
-        return positional_embedding(coords, self.embedding)
+        return self.embeddings_at(entry, torch.arange(entry.num_kernels, dtype=torch.int64))
 
     def layer_embeddings(self, entry: LayerEntry) -> Tensor:
         """Embeddings of every kernel of one layer (kernel i at ``positions[i]``): float32 (C_out * C_in, dim)."""
-        return self.position_embeddings(entry)[self.positions[entry.name]]
+        return self.embeddings_at(entry, self.positions[entry.name])
+
+    def kernel_embeddings(self, entries: list[LayerEntry]) -> KernelEmbeddings:
+        """The embeddings of the kernels of ``entries``, concatenated, looked up when indexed (``KernelEmbeddings``)."""
+        layers = [(e.layer_index, e.c_out, e.c_in, self.positions[e.name]) for e in entries]
+        return KernelEmbeddings(layers, self.num_layers, self.embedding)
+
+    @torch.no_grad()
+    def predict_at(self, entry: LayerEntry, positions: Tensor) -> Tensor:
+        """The predictor's kernels at the given positions of one layer, float32 (len(positions), k*k) on the
+        predictor's device; computed ``PREDICT_CHUNK`` positions at a time (no gradient)."""
+        return self._predict(entry, positions)
+
+    def _predict(self, entry: LayerEntry, positions: Tensor) -> Tensor:
+        if self.predictor is None:
+            raise ArtifactError(f"layer {entry.name!r} is represented but the Nern has no predictor")
+        device = next(self.predictor.parameters()).device
+        if len(positions) <= PREDICT_CHUNK or torch.is_grad_enabled():
+            return self.predictor(self.embeddings_at(entry, positions).to(device), entry.kernel_size)
+        chunks = positions.split(PREDICT_CHUNK)
+        return torch.cat([self.predictor(self.embeddings_at(entry, c).to(device), entry.kernel_size) for c in chunks])
 
     def regenerate_layer(self, entry: LayerEntry, embeddings: Tensor | None = None) -> Tensor:
         """The predictor's output for one represented layer, shape ``entry.shape`` (differentiable when grad is
-        enabled); its stored weight adds ``codes[entry.name]`` when the layer has a residual (see ``expand``)."""
+        enabled); its stored weight adds ``codes[entry.name]`` when the layer has a residual (see ``expand``).
+        Without grad, large layers are regenerated ``PREDICT_CHUNK`` kernels at a time."""
         if self.predictor is None:
             raise ArtifactError(f"layer {entry.name!r} is represented but the Nern has no predictor")
-        if embeddings is None:
-            embeddings = self.layer_embeddings(entry)
         device = next(self.predictor.parameters()).device
-        kernels = self.predictor(embeddings.to(device), entry.kernel_size)
+        if embeddings is None:
+            kernels = self._predict(entry, self.positions[entry.name])
+        else:
+            kernels = self.predictor(embeddings.to(device), entry.kernel_size)
         weight = kernels.view(entry.c_out, entry.c_in, entry.kernel_size, entry.kernel_size)
         scale = self.scales.get(entry.name)
         return weight if scale is None else weight * scale.to(device).view(-1, 1, 1, 1)

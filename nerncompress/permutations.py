@@ -9,30 +9,52 @@ never moved, so decoding needs the positions but nothing has to be undone afterw
 - ``infilter``: a chain over the channels inside each filter, then a chain over the filters.
 - ``none``: position = index.
 
+The exact chain costs O(n^2) time. Sets of at most ``BLOCK`` kernels (every layer of a CIFAR ResNet) get it as
+described. Larger sets (ImageNet networks: up to 262,144 3x3 kernels in one layer) are first cut by recursive
+bisection: sort the (unit) kernels by their projection on the set's principal direction, split at the median and
+recurse until every part holds at most ``BLOCK`` kernels. Each half is oriented so that its low end faces the part
+visited before it, so consecutive parts are neighbours. The exact chain then runs inside each part, starting from
+the kernel most similar to the previous part's last one. That is O(n log n) time for the bisection, O(n * BLOCK)
+for the chains, and O(n + BLOCK^2) memory; similar kernels still end up close, but the chain is no longer the
+global greedy one. 1x1 kernels (one value: cosine similarity is only a sign) are sorted by value at any size.
+
 A chain is only a starting point. Once a predictor has been fitted to it, :func:`assign_positions` moves kernels
 to the positions whose predicted kernels they are closest to (an optimal matching, so never a worse fit), and
 fitting goes on from there: ``fit`` alternates the two (``FitConfig.reassign_every``). The positions stay a
 bijection, so the file pays nothing for this.
 
 Every function returns ``positions``: int64 (N,), positions[i] = chain position of kernel i (a bijection on 0..N-1).
+Long computations report ``on_progress(done, total)`` (kernels of the layer placed so far) between blocks; a
+callback that raises (e.g. on Ctrl-C) stops the computation there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from scipy.sparse.linalg import svds
 from torch import Tensor
 
 PERMUTATIONS = ("crossfilter", "infilter", "none")
 
-# Above this many kernels the dense similarity matrix (N^2 floats) would not fit comfortably in memory,
-# so the chain is built from one matrix-vector product per step instead.
+ProgressCallback = Callable[[int, int], None]
+
+# Sets of more kernels than this are cut into blocks of at most this many before chaining (see the module
+# docstring). Every layer of ResNet-20/56 (at most 64 x 64 kernels) is at most one block: their chains are exact.
+BLOCK = 4096
+# greedy_chain called directly on more rows than this builds its chain from one matrix-vector product per step
+# instead of the dense similarity matrix (N^2 floats).
 _DENSE_LIMIT = 8192
-# assign_positions compares every kernel with every position of its layer (N^2 distances); larger layers are
-# matched within chain segments of this many positions.
-_ASSIGN_SEGMENT = 8192
+# assign_positions compares every kernel with every position of its layer (N^2 distances, and N^2 int64 indices
+# while choosing candidates); larger layers are matched within chain segments of this many positions, which bounds
+# that memory at a few hundred MB.
+_ASSIGN_SEGMENT = 4096
+# The infilter chains of many filters run as one batch of similarity matrices of at most this many floats.
+_BATCH_FLOATS = 1 << 24
 
 
 def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
@@ -45,29 +67,31 @@ def _gram(unit: np.ndarray) -> np.ndarray:
     return (tensor @ tensor.T).numpy()
 
 
-def greedy_chain(vectors: np.ndarray) -> np.ndarray:
-    """Visiting order of a greedy nearest-neighbour chain by cosine similarity, starting at row 0.
+def greedy_chain(vectors: np.ndarray, start: int = 0) -> np.ndarray:
+    """Visiting order of the exact greedy nearest-neighbour chain by cosine similarity (O(N^2) time).
 
     Args:
         vectors: float (N, D). With D == 1 cosine similarity is only a sign, so rows are sorted by value.
+        start: the row the chain starts at.
 
     Returns:
         int64 (N,) order: order[p] = row visited at step p.
     """
     count = vectors.shape[0]
     if count <= 2:
-        return np.arange(count, dtype=np.int64)
+        order = np.arange(count, dtype=np.int64)
+        return order if start == 0 else np.roll(order, -start)
     if vectors.shape[1] == 1:
         return np.argsort(vectors[:, 0], kind="stable").astype(np.int64)
     unit = _normalise_rows(vectors.astype(np.float32))
     order = np.empty(count, dtype=np.int64)
-    order[0] = 0
+    order[0] = start
     # Visited kernels are excluded by a penalty vector added to each row read: one contiguous pass per step.
     penalty = np.zeros(count, dtype=np.float32)
-    penalty[0] = -np.inf
+    penalty[start] = -np.inf
     # torch for the product: numpy's BLAS here can be an order of magnitude slower on this shape.
     similarity = _gram(unit) if count <= _DENSE_LIMIT else None
-    current = 0
+    current = start
     for step in range(1, count):
         row = similarity[current] if similarity is not None else unit @ unit[current]
         current = int(np.argmax(row + penalty))
@@ -76,8 +100,99 @@ def greedy_chain(vectors: np.ndarray) -> np.ndarray:
     return order
 
 
-def _batched_chains(vectors: np.ndarray) -> np.ndarray:
-    """Greedy chains for a batch of independent sets: vectors (B, N, D) -> orders (B, N)."""
+def chain_order(vectors: np.ndarray, *, on_progress: ProgressCallback | None = None) -> np.ndarray:
+    """Visiting order of a nearest-neighbour chain by cosine similarity: the exact greedy chain
+    (:func:`greedy_chain`, from row 0) for at most ``BLOCK`` rows, the blocked chain of the module docstring above.
+
+    Args:
+        vectors: float (N, D).
+        on_progress: called as ``on_progress(rows placed, N)`` after each block.
+
+    Returns:
+        int64 (N,) order: order[p] = row visited at step p.
+    """
+    count = vectors.shape[0]
+    if count <= BLOCK or vectors.shape[1] == 1:
+        order = greedy_chain(vectors)
+        if on_progress is not None:
+            on_progress(count, count)
+        return order
+    vectors = vectors.astype(np.float32, copy=False)
+    unit = _normalise_rows(vectors)
+    order = np.empty(count, dtype=np.int64)
+    done = 0
+    for block in _bisect(unit, BLOCK):
+        start = 0 if done == 0 else int(np.argmax(unit[block] @ unit[order[done - 1]]))
+        order[done : done + len(block)] = block[greedy_chain(vectors[block], start)]
+        done += len(block)
+        if on_progress is not None:
+            on_progress(done, count)
+    return order
+
+
+def _bisect(unit: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Recursive bisection of the rows of ``unit`` along principal directions into parts of at most ``limit``
+    rows, in visiting order: int64 row indices of each part."""
+    parts: list[np.ndarray] = []
+
+    def split(rows: np.ndarray, anchor: np.ndarray | None) -> None:
+        if len(rows) <= limit:
+            parts.append(rows)
+            return
+        members = unit[rows].astype(np.float64)
+        centre = members.mean(axis=0)
+        members -= centre
+        direction = _principal_direction(members)
+        if anchor is not None and float(direction @ (centre - anchor)) < 0:
+            direction = -direction  # the low end faces the part visited before this one
+        by_projection = rows[np.argsort(members @ direction, kind="stable")]
+        half = len(rows) // 2
+        first, second = by_projection[:half], by_projection[half:]
+        split(first, anchor)
+        split(second, unit[first].mean(axis=0, dtype=np.float64))
+
+    split(np.arange(unit.shape[0], dtype=np.int64), None)
+    return parts
+
+
+def _principal_direction(centred: np.ndarray) -> np.ndarray:
+    """Unit vector (D,) of the largest variance of the rows of ``centred`` (float64 (N, D), zero mean)."""
+    dim = centred.shape[1]
+    if dim <= 256:  # the D x D covariance is cheap: its exact top eigenvector
+        return np.linalg.eigh(centred.T @ centred)[1][:, -1]
+    # Wide rows (infilter's filter chain): a truncated SVD (ARPACK, from a fixed start: deterministic).
+    start = np.ones(min(centred.shape), dtype=np.float64)
+    return svds(centred, k=1, v0=start, random_state=0)[2][0]
+
+
+def _batched_chains(vectors: np.ndarray, on_progress: ProgressCallback | None = None) -> np.ndarray:
+    """Chains for a batch of independent sets: vectors (B, N, D) -> orders (B, N). The similarity matrices are
+    built for at most ``_BATCH_FLOATS`` floats at a time; sets of more than ``BLOCK`` rows are chained one by one
+    (:func:`chain_order`). ``on_progress(sets done, B)`` is called after each group of sets."""
+    batch, count, dim = vectors.shape
+    if count > BLOCK and dim > 1:
+        orders = np.empty((batch, count), dtype=np.int64)
+        for index in range(batch):
+            orders[index] = chain_order(vectors[index])
+            if on_progress is not None:
+                on_progress(index + 1, batch)
+        return orders
+    chunk = max(1, _BATCH_FLOATS // max(count * count, 1))
+    if batch > chunk:
+        orders = np.empty((batch, count), dtype=np.int64)
+        for start in range(0, batch, chunk):
+            orders[start : start + chunk] = _batched_chains(vectors[start : start + chunk])
+            if on_progress is not None:
+                on_progress(min(start + chunk, batch), batch)
+        return orders
+    orders = _dense_batched_chains(vectors)
+    if on_progress is not None:
+        on_progress(batch, batch)
+    return orders
+
+
+def _dense_batched_chains(vectors: np.ndarray) -> np.ndarray:
+    """Exact greedy chains, from row 0, for a batch of independent sets: vectors (B, N, D) -> orders (B, N)."""
     batch, count, dim = vectors.shape
     if count <= 2:
         return np.tile(np.arange(count, dtype=np.int64), (batch, 1))
@@ -104,12 +219,16 @@ def _inverse(order: np.ndarray) -> np.ndarray:
     return positions
 
 
-def compute_positions(weight: Tensor, method: str = "crossfilter") -> Tensor:
+def compute_positions(
+    weight: Tensor, method: str = "crossfilter", *, on_progress: ProgressCallback | None = None
+) -> Tensor:
     """Chain position of every kernel of a conv weight.
 
     Args:
         weight: float (C_out, C_in, kh, kw); kernel i = f * C_in + c.
         method: one of ``PERMUTATIONS``.
+        on_progress: called as ``on_progress(kernels placed, C_out * C_in)`` between blocks of the computation
+            and at its end; an exception it raises stops the computation.
 
     Returns:
         int64 (C_out * C_in,) positions, a permutation of 0..N-1.
@@ -122,15 +241,20 @@ def compute_positions(weight: Tensor, method: str = "crossfilter") -> Tensor:
     c_out, c_in = weight.shape[:2]
     count = c_out * c_in
     if method == "none":
+        if on_progress is not None:
+            on_progress(count, count)
         return torch.arange(count, dtype=torch.int64)
     kernels = weight.detach().to(torch.float32).reshape(c_out, c_in, -1).cpu().numpy()
     if method == "crossfilter":
-        order = greedy_chain(kernels.reshape(count, -1))
+        order = chain_order(kernels.reshape(count, -1), on_progress=on_progress)
         return torch.from_numpy(_inverse(order))
     # infilter: channels ordered inside every filter, then filters ordered by their reordered contents.
-    channel_orders = _batched_chains(kernels)  # (C_out, C_in)
+    filters_done = None if on_progress is None else (lambda done, filters: on_progress(done * c_in, count))
+    channel_orders = _batched_chains(kernels, filters_done)  # (C_out, C_in)
     reordered = np.take_along_axis(kernels, channel_orders[:, :, None], axis=1)
-    filter_order = greedy_chain(reordered.reshape(c_out, -1))
+    filter_order = chain_order(reordered.reshape(c_out, -1))
+    if on_progress is not None:
+        on_progress(count, count)
     filter_position = _inverse(filter_order)  # (C_out,)
     channel_position = np.argsort(channel_orders, axis=1)  # inverse of each row
     positions = filter_position[:, None] * c_in + channel_position

@@ -2,7 +2,8 @@
 
 The library never prints. A job reports through a ``Reporter``: ``log(message)`` for a line, and
 ``phase(name, total)`` for a context that yields the ``on_step(step, total, metrics)`` callback a loop calls as it
-goes. The CLI's reporter draws progress bars on stderr; the default, ``silent``, ignores everything.
+goes. The CLI's reporter draws progress bars on stderr; the default, ``silent``, ignores everything. A call that runs
+several phases one after another takes one callback per phase from :func:`sequential_phases`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,39 @@ class _Silent:
 
 
 silent: Reporter = _Silent()
+
+
+class _Sequence:
+    def __init__(self, reporter: Reporter, stack: contextlib.ExitStack) -> None:
+        self.reporter, self.stack = reporter, stack
+        self.current: str | None = None
+        self.on_step: StepCallback = _ignore_step
+
+    def callback(self, name: str, total: int | None = None) -> StepCallback:
+        def on_step(step: int, phase_total: int, metrics: dict[str, float]) -> None:
+            if self.current != name:  # this phase starts: the one before it is over
+                self.stack.close()
+                self.on_step = self.stack.enter_context(self.reporter.phase(name, total or phase_total))
+                self.current = name
+            self.on_step(step, phase_total if total is None else total, metrics)
+
+        return on_step
+
+
+@contextlib.contextmanager
+def sequential_phases(reporter: Reporter) -> Iterator[Callable[..., StepCallback]]:
+    """Phases that one call runs one after another (``fit``: positions, then steps).
+
+    Yields ``callback(name, total=None)``: the ``on_step`` of phase ``name``, which opens the phase on ``reporter`` at
+    its first call and closes the phase before it (None total: the one the calls report). The last phase closes
+    with the context.
+
+    Example:
+        >>> with sequential_phases(reporter) as phase:
+        ...     fit(state_dict, on_positions=phase("positions"), on_step=phase("fit"))
+    """
+    with contextlib.ExitStack() as stack:
+        yield _Sequence(reporter, stack).callback
 
 
 def offset(on_step: StepCallback | None, start: int, total: int | None = None) -> StepCallback | None:

@@ -1,5 +1,9 @@
 """Reconstruction: what the predictor regresses (kernel groups, per-filter importance), how it is measured, and the
-flat loop that fits it (``train_reconstruction``), with Adam and a warmup + cosine schedule; no data needed."""
+flat loop that fits it (``train_reconstruction``), with Adam and a warmup + cosine schedule; no data needed.
+
+A kernel group holds per kernel its target, sampling weight and importance; embeddings are looked up for each
+sampled batch (``embeddings.KernelEmbeddings``), so memory grows with the kernels' values, not with the embedding
+width. Regeneration over whole layers (the error, re-assignment) runs in chunks (``Nern.predict_at``)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .embeddings import KernelEmbeddings
 from .layers import LayerEntry, following_batchnorms
 from .models.registry import get_arch
 from .nern import Nern, normalised_kernels
@@ -27,7 +32,7 @@ class KernelGroup:
     """All represented kernels of one size, flattened across layers: what a reconstruction step samples from."""
 
     kernel_size: int
-    embeddings: Tensor  # float32 (N, emb)
+    embeddings: KernelEmbeddings  # embeddings[index] -> float32 (B, emb), computed on demand
     targets: Tensor  # float32 (N, k*k), per-filter normalised
     sampling_weights: Tensor  # float32 (N,), kernel L2 norms
     importance: Tensor  # float32 (N,), weight of each kernel's squared error
@@ -73,13 +78,12 @@ def kernel_groups(
         entries = [e for e in nern.layers if e.kernel_size == size]
         if not entries:
             continue
-        embeddings = torch.cat([nern.layer_embeddings(e) for e in entries])
         targets = torch.cat([normalised_kernels(weights[e.name], nern.scales.get(e.name)) for e in entries])
         kernel_weights = torch.cat([per_filter[e.name].repeat_interleave(e.c_in) for e in entries])
         groups.append(
             KernelGroup(
                 size,
-                embeddings.to(device),
+                nern.kernel_embeddings(entries).to(device),
                 targets.to(device),
                 targets.norm(dim=1).to(device) + 1e-12,
                 kernel_weights.to(device),
@@ -119,23 +123,21 @@ def reconstruction_error(nern: Nern, weights: dict[str, Tensor]) -> dict[str, fl
 def reassign_positions(nern: Nern, groups: list[KernelGroup]) -> int:
     """Move every layer's kernels to the positions whose predicted kernels fit them best, in ``nern.positions``
     and in the groups' embeddings (see ``permutations.assign_positions``). Returns how many kernels moved."""
-    device = next(nern.predictor.parameters()).device
     was_training = nern.predictor.training
     nern.predictor.eval()
     moved = 0
     for group in groups:
         start = 0
-        for entry in group.layers:
+        for number, entry in enumerate(group.layers):
             end = start + entry.num_kernels
-            everywhere = nern.position_embeddings(entry).to(device)
-            predicted = nern.predictor(everywhere, entry.kernel_size)
+            predicted = nern.predict_at(entry, torch.arange(entry.num_kernels))
             old = nern.positions[entry.name]
             new = assign_positions(
                 group.targets[start:end], predicted, old, weights=group.importance[start:end]
             )  # fmt: skip
             moved += int((new != old).sum())
             nern.positions[entry.name] = new
-            group.embeddings[start:end] = everywhere[new.to(device)]  # = nern.layer_embeddings(entry)
+            group.embeddings.set_positions(number, new)
             start = end
     nern.predictor.train(was_training)
     return moved

@@ -8,7 +8,8 @@ A snapshot is a ``<output>.resume`` file next to the output: one safetensors con
     best/<param>               the best-so-far predictor of a loop with model selection (distill)
     round_start/<param>        the predictor that started the current round (fit --rounds > 1)
     positions/<layer>          the kernels' positions, when the loop moves them (fit's re-assignment)
-    round_start_positions/<layer>  and the positions the current round started from
+    round_start_positions/<layer>  and the positions the current round started from (every round: a resumed
+                               fit takes them instead of computing them again)
     average/<param>            the moving average of the predictor's weights (distill --ema)
 
 and, in ``__metadata__`` (JSON strings), the step, the round, the optimiser's param groups, the best-so-far record,
@@ -367,12 +368,13 @@ class Checkpointer:
         positions: dict[str, Tensor] | None = None,
     ) -> None:
         """Record what a snapshot of this round must also hold: its index, the history so far, its start state
-        (the predictor and, when given, the kernels' positions: a later round's targets are regenerated from them)."""
+        (the predictor of a later round, and when given, the kernels' positions: a resumed run takes them from the
+        snapshot instead of computing them again, and a later round's targets are regenerated from them)."""
         self.round = round_index
         self.history = _json(history)
         later = round_index > 0
         self.round_start = _copy(predictor.state_dict()) if predictor is not None and later else None
-        self.round_start_positions = _copy(positions) if positions is not None and later else None
+        self.round_start_positions = _copy(positions) if positions is not None else None
 
     # ------------------------------------------------------------------------------------------- in the loops
     def restore(

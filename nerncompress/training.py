@@ -18,7 +18,7 @@ from .data import ImageData
 from .devices import resolve_device
 from .distillation import DistillConfig, train_with_teacher
 from .embeddings import EmbeddingConfig
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .layers import plan_layers
 from .models import ArchSpec, build_model, resolve_arch
 from .nern import Nern, expand_state_dict, filter_scales
@@ -141,10 +141,46 @@ def _scales(weights: dict[str, Tensor], layers: list, per_filter: bool) -> dict[
     return {e.name: filter_scales(weights[e.name]) for e in layers} if per_filter else {}
 
 
+def _positions(
+    state_dict: dict[str, Tensor],
+    layers: list,
+    method: str,
+    given: dict[str, Tensor] | None,
+    on_positions: StepCallback | None,
+) -> dict[str, Tensor]:
+    """Every represented layer's positions: ``given`` ones where they fit the layer, computed otherwise."""
+    given = given or {}
+    usable = {e.name: given[e.name] for e in layers if e.name in given and given[e.name].numel() == e.num_kernels}
+    missing = [e for e in layers if e.name not in usable]
+    total = sum(e.num_kernels for e in missing)
+    done = 0
+
+    def report(placed: int, _layer_total: int) -> None:
+        if on_positions is not None:
+            on_positions(done + placed, total, {})
+
+    if missing:
+        report(0, 0)
+    for entry in missing:
+        usable[entry.name] = compute_positions(state_dict[entry.name], method, on_progress=report)
+        done += entry.num_kernels
+    return {e.name: usable[e.name].to(torch.int64) for e in layers}
+
+
 def init_nern(
-    state_dict: dict[str, Tensor], config: FitConfig, *, arch: str | ArchSpec | None = None, source: dict | None = None
+    state_dict: dict[str, Tensor],
+    config: FitConfig,
+    *,
+    arch: str | ArchSpec | None = None,
+    source: dict | None = None,
+    positions: dict[str, Tensor] | None = None,
+    on_positions: StepCallback | None = None,
 ) -> Nern:
-    """Build an untrained Nern for a checkpoint: architecture, layer plan, permutations, scales, raw tensors."""
+    """Build an untrained Nern for a checkpoint: architecture, layer plan, permutations, scales, raw tensors.
+
+    ``positions``, when given, are used instead of computing them (a resumed run's); ``on_positions`` is called as
+    ``on_positions(kernels placed, kernels, {})`` while they are computed (an exception it raises stops there).
+    """
     spec = arch if isinstance(arch, ArchSpec) else resolve_arch(arch, state_dict)
     model = build_model(spec, state_dict)  # validates keys and shapes against the architecture
     plan = plan_layers(
@@ -164,7 +200,7 @@ def init_nern(
         layers=plan.layers,
         embedding=embedding,
         predictor=build_predictor(predictor_config, seed=config.seed),
-        positions={e.name: compute_positions(state_dict[e.name], config.permute) for e in plan.layers},
+        positions=_positions(state_dict, plan.layers, config.permute, positions, on_positions),
         scales=_scales(state_dict, plan.layers, config.filter_scales),
         raw={k: v.detach().clone() for k, v in state_dict.items() if k not in represented},
         key_order=list(state_dict.keys()),
@@ -184,6 +220,7 @@ def fit(
     source: dict | None = None,
     data: ImageData | None = None,
     checkpointer: Checkpointer | None = None,
+    on_positions: StepCallback | None = None,
 ) -> Nern:
     """Fit a predictor that regenerates every represented conv kernel of ``state_dict``.
 
@@ -201,7 +238,10 @@ def fit(
         source: provenance recorded in the artifact (file name, sha256...).
         data: training images for ``scheme="nern"``.
         checkpointer: saves the loop's progress periodically and on SIGINT/SIGTERM, and resumes a saved run
-            (see ``resume.py``); None trains without snapshots.
+            (see ``resume.py``); None trains without snapshots. A resumed run takes the kernels' positions from the
+            snapshot; a signal while they are computed stops the run there (``Interrupted``, nothing saved yet).
+        on_positions: called as ``on_positions(kernels placed, kernels, {})`` while the positions are computed
+            (before the first step; not on a resumed run).
 
     Returns:
         The fitted Nern; its history holds one ``fit`` record per round.
@@ -211,17 +251,31 @@ def fit(
     """
     config = config or FitConfig()
     torch_device = resolve_device(device)
-    nern = init_nern(state_dict, config, arch=arch, source=source)
-    first_round = 0
+    spec = arch if isinstance(arch, ArchSpec) else resolve_arch(arch, state_dict)
+    saved = None
     if checkpointer is not None:
-        settings = {"config": config.to_dict(), "arch": nern.arch.to_dict(), "source": nern.source}
+        settings = {"config": config.to_dict(), "arch": spec.to_dict(), "source": dict(source or {})}
         saved = checkpointer.start("fit", {**settings, "data": None if data is None else data.source})
-        if saved is not None:  # continue the saved round, from the predictor that started it
-            first_round, nern.history = saved.round, saved.history
-            if saved.round_start is not None:
-                nern.predictor.load_state_dict(saved.round_start)
-            if saved.round_start_positions is not None:
-                nern.positions.update(saved.round_start_positions)
+
+    def positions_progress(placed: int, total: int, metrics: dict[str, float]) -> None:
+        if on_positions is not None:
+            on_positions(placed, total, metrics)
+        if checkpointer is not None and checkpointer.stop_requested:
+            raise Interrupted(
+                f"interrupted by {checkpointer.stop_requested} while computing positions ({placed}/{total} kernels): "
+                "nothing saved yet; run the same command again to start afresh"
+            )
+
+    # A resumed run's positions are the snapshot's (the round's start, which fixes every later step).
+    restored = saved.round_start_positions if saved is not None else None
+    nern = init_nern(
+        state_dict, config, arch=spec, source=source, positions=restored, on_positions=positions_progress
+    )  # fmt: skip
+    first_round = 0
+    if saved is not None:  # continue the saved round, from the predictor that started it
+        first_round, nern.history = saved.round, saved.history
+        if saved.round_start is not None:
+            nern.predictor.load_state_dict(saved.round_start)
     nern.predictor.to(torch_device)
     targets = state_dict
     for round_index in range(first_round, config.rounds):

@@ -62,6 +62,9 @@ def test_fit_json_goes_to_stdout_and_logs_to_stderr(workspace, tmp_path):
     assert summary["steps"] == 20
     assert "rmse" in summary["reconstruction"]
     assert "fit: step 20/20" in result.stderr  # plain progress lines when stderr is not a terminal
+    assert "positions: step " in result.stderr  # the positions phase comes first, with its own progress
+    assert result.stderr.index("positions: step ") < result.stderr.index("fit: step ")
+    assert summary["peak_rss_mb"] > 10  # this process's peak resident memory
 
 
 def test_fit_default_output_is_next_to_cwd_and_records_provenance(workspace, tmp_path, monkeypatch):

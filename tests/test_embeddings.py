@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from nerncompress.embeddings import EmbeddingConfig, kernel_coordinates, positional_embedding
+from nerncompress.embeddings import (
+    EmbeddingConfig,
+    KernelEmbeddings,
+    embed_positions,
+    kernel_coordinates,
+    positional_embedding,
+)
 
 
 def test_coordinates_are_normalised_chain_positions():
@@ -37,3 +43,20 @@ def test_zero_coordinate_embeds_to_sin0_cos1():
 def test_invalid_config_is_rejected(levels, base):
     with pytest.raises(ValueError):
         EmbeddingConfig(levels=levels, base=base)
+
+
+@pytest.mark.parametrize("c_out, c_in", [(16, 3), (64, 64), (96, 40)])
+def test_table_lookups_equal_the_direct_embedding(c_out, c_in):
+    config = EmbeddingConfig()
+    positions = torch.randperm(c_out * c_in, generator=torch.Generator().manual_seed(c_in))
+    direct = positional_embedding(kernel_coordinates(3, 7, positions, c_out=c_out, c_in=c_in), config)
+    assert torch.equal(embed_positions(3, 7, positions, c_out=c_out, c_in=c_in, config=config), direct)
+    other = torch.arange(8 * 5).flip(0)
+    table = KernelEmbeddings([(3, c_out, c_in, positions), (6, 8, 5, other)], 7, config)
+    assert len(table) == c_out * c_in + 40
+    index = torch.tensor([0, c_out * c_in - 1, c_out * c_in, c_out * c_in + 39])
+    second = positional_embedding(kernel_coordinates(6, 7, other, c_out=8, c_in=5), config)
+    assert torch.equal(table[index], torch.cat([direct[[0, -1]], second[[0, -1]]]))
+    table.set_positions(1, torch.arange(40))
+    moved = positional_embedding(kernel_coordinates(6, 7, torch.arange(40), c_out=8, c_in=5), config)
+    assert torch.equal(table[torch.arange(c_out * c_in, len(table))], moved)

@@ -62,3 +62,20 @@ def test_onnx_export_matches_pytorch(tmp_path, fitted):
 def test_unknown_suffix(tmp_path, fitted):
     with pytest.raises(UsageError, match=".safetensors or .onnx"):
         export(fitted, tmp_path / "m.pt", device="cpu")
+
+
+def test_large_layers_are_regenerated_in_chunks_with_the_same_values(fitted, monkeypatch):
+    from nerncompress import nern as nern_module
+
+    entry = max(fitted.layers, key=lambda e: e.num_kernels)
+    with torch.no_grad():
+        whole = fitted.regenerate_layer(entry)
+        monkeypatch.setattr(nern_module, "PREDICT_CHUNK", 100)  # several chunks
+        calls = []
+        original = type(fitted).embeddings_at
+        monkeypatch.setattr(fitted, "embeddings_at", lambda e, p: calls.append(len(p)) or original(fitted, e, p))
+        chunked = fitted.regenerate_layer(entry)
+    assert max(calls) <= 100 and sum(calls) == entry.num_kernels
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    table = dict(expand(fitted))
+    torch.testing.assert_close(table[entry.name], whole, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 import itertools
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,107 @@ def test_largest_cifar_layer_is_fast():
     started = time.perf_counter()
     compute_positions(torch.randn(64, 64, 3, 3), "crossfilter")
     assert time.perf_counter() - started < 5.0
+
+
+# ------------------------------------------------------------------------------------ layers above BLOCK kernels
+def _clustered(clusters=48, per_cluster=180, dim=9, seed=0):
+    """clusters * per_cluster kernels around well separated centres, shuffled: (kernels, cluster of each)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(clusters, dim, generator=g), dim=1)
+    labels = torch.arange(clusters).repeat_interleave(per_cluster)
+    kernels = centres[labels] + 0.02 * torch.randn(clusters * per_cluster, dim, generator=g)
+    order = torch.randperm(len(labels), generator=g)
+    return kernels[order], labels[order]
+
+
+@pytest.mark.parametrize("method", ["crossfilter", "infilter"])
+def test_layer_above_block_is_a_bijection(method):
+    weight = torch.randn(128, 48, 3, 3)  # 6,144 kernels: more than one block
+    assert weight.shape[0] * weight.shape[1] > permutations.BLOCK
+    positions = compute_positions(weight, method)
+    assert sorted(positions.tolist()) == list(range(128 * 48))
+
+
+def test_blocked_chain_keeps_clusters_together():
+    kernels, labels = _clustered()  # 8,640 kernels in 48 clusters: the chain is cut into blocks
+    assert len(labels) > permutations.BLOCK
+    positions = compute_positions(kernels.view(96, 90, 3, 3), "crossfilter")
+    along = labels[torch.argsort(positions)]
+    switches = int((along[1:] != along[:-1]).sum())
+    # A chain that keeps every cluster in one stretch switches 47 times; a random order about 8,600 times.
+    assert switches < 2 * 48
+
+
+def test_blocked_chain_is_nearly_as_smooth_as_the_exact_one(monkeypatch):
+    weight = _smooth_then_shuffled(c_out=64, c_in=40)
+    exact = neighbour_similarity(weight, compute_positions(weight, "crossfilter"))
+    monkeypatch.setattr(permutations, "BLOCK", 256)  # ten blocks
+    blocked = compute_positions(weight, "crossfilter")
+    assert sorted(blocked.tolist()) == list(range(64 * 40))
+    assert neighbour_similarity(weight, blocked) > exact - 0.05
+
+
+def test_bisection_parts_are_bounded_and_cover_every_row():
+    unit = permutations._normalise_rows(torch.randn(10_000, 9).numpy())
+    parts = permutations._bisect(unit, 1000)
+    assert all(500 <= len(part) <= 1000 for part in parts)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10_000))
+
+
+def test_wide_rows_use_a_truncated_svd():
+    g = torch.Generator().manual_seed(5)
+    centred = (torch.randn(600, 300, generator=g) * torch.linspace(0.1, 1, 300)).double().numpy()
+    centred[:, 7] *= 50  # the principal direction is axis 7
+    centred -= centred.mean(axis=0)
+    direction = permutations._principal_direction(centred)
+    assert abs(direction[7]) > 0.99
+
+
+def test_infilter_chains_long_filters_block_by_block(monkeypatch):
+    monkeypatch.setattr(permutations, "BLOCK", 16)
+    weight = torch.randn(5, 40, 3, 3)  # 40 channels per filter: above the block
+    positions = compute_positions(weight, "infilter")
+    assert sorted(positions.tolist()) == list(range(200))
+    filters = torch.div(positions.view(5, 40), 40, rounding_mode="floor")
+    assert all(len(set(row.tolist())) == 1 for row in filters)
+
+
+def test_infilter_batches_of_filters_give_the_unbatched_chains(monkeypatch):
+    weight = torch.randn(12, 10, 3, 3)
+    whole = compute_positions(weight, "infilter")
+    monkeypatch.setattr(permutations, "_BATCH_FLOATS", 250)  # two filters per batch
+    assert torch.equal(compute_positions(weight, "infilter"), whole)
+
+
+@pytest.mark.parametrize("method", PERMUTATIONS)
+def test_progress_is_reported_up_to_the_total(method):
+    calls = []
+    weight = torch.randn(96, 64, 3, 3)
+    compute_positions(weight, method, on_progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (96 * 64, 96 * 64)
+    assert all(total == 96 * 64 for _, total in calls)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    if method == "crossfilter":
+        assert len(calls) > 1  # one report per block
+
+
+def test_a_raising_progress_callback_stops_between_blocks():
+    calls = []
+
+    def stop(done, total):
+        calls.append(done)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compute_positions(torch.randn(128, 64, 3, 3), "crossfilter", on_progress=stop)
+    assert len(calls) == 1 and calls[0] < 128 * 64
+
+
+def test_large_imagenet_layer_is_fast():
+    started = time.perf_counter()
+    positions = compute_positions(torch.randn(256, 256, 3, 3), "crossfilter")  # 65,536 kernels
+    assert time.perf_counter() - started < 30.0  # the exact chain took over half a minute
+    assert positions.unique().numel() == 65_536
 
 
 def test_unknown_method():

@@ -20,6 +20,7 @@ from helpers import invoke, tiny_resnet_state_dict, write_random_images
 from nerncompress.artifact import read_metadata, save_artifact
 from nerncompress.errors import Interrupted, UsageError
 from nerncompress.resume import Checkpointer, read_snapshot, resume_path
+from nerncompress import training
 from nerncompress.training import FitConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,45 @@ def test_fit_nern_scheme_teacher_loop_resumes_to_the_same_bytes(ws, tmp_path, mo
     assert reference.exit_code == 0, reference.stderr
     resumed = interrupted_then_resumed(monkeypatch, argv, tmp_path / "resumed.nern", call=3, signum=signal.SIGINT)
     assert resumed == (tmp_path / "reference.nern").read_bytes()
+
+
+@pytest.mark.parametrize("options", [["--reassign-every", "0"], ["--permute", "infilter"], ["--rounds", "2"]])
+def test_resume_takes_the_positions_from_the_snapshot(ws, tmp_path, monkeypatch, options):
+    argv = ["fit", ws["checkpoint"], *FIT, "--iters", "8", *options]
+    reference = invoke(*argv, "-o", tmp_path / "reference.nern")
+    assert reference.exit_code == 0, reference.stderr
+    output = tmp_path / "resumed.nern"
+    with monkeypatch.context() as patch:
+        signal_at(patch, 3 if "--rounds" not in options else 11)
+        assert invoke(*argv, "-o", output).exit_code == 130
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("a resumed run computed positions again")
+
+    monkeypatch.setattr(training, "compute_positions", recompute)
+    resumed = invoke(*argv, "-o", output, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert output.read_bytes() == (tmp_path / "reference.nern").read_bytes()
+
+
+def test_signal_while_computing_positions_stops_before_the_next_layer(ws, tmp_path, monkeypatch):
+    calls = []
+    original = training.compute_positions
+
+    def compute_positions(weight, method, *, on_progress=None):
+        calls.append(weight.shape)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the CLI's handler only raises a flag: checked at the next report
+        return original(weight, method, on_progress=on_progress)
+
+    monkeypatch.setattr(training, "compute_positions", compute_positions)
+    output = tmp_path / "x.nern"
+    stopped = invoke("fit", ws["checkpoint"], *FIT, "--iters", "4", "-o", output)
+    assert stopped.exit_code == 130
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: interrupted by SIGINT while computing positions"), last
+    assert len(calls) == 2  # the second layer finished its block and reported; no third layer was started
+    assert not output.exists() and not resume_path(output).exists()
 
 
 def test_distill_with_best_so_far_resumes_to_the_same_bytes(ws, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from nerncompress.distillation import (
 )
 from nerncompress.optim import lr_at
 from nerncompress.reconstruction import reconstruction_error
-from nerncompress.training import FitConfig
+from nerncompress.training import FitConfig, fit, init_nern
 from nerncompress.losses import kd_loss
 from torch.func import functional_call
 
@@ -324,3 +324,18 @@ def test_distill_with_probes_is_deterministic() -> None:
     for key, value in runs[0].predictor.state_dict().items():
         assert torch.equal(value, runs[1].predictor.state_dict()[key])
     assert any(not torch.equal(v, plain.predictor.state_dict()[k]) for k, v in runs[0].predictor.state_dict().items())
+
+
+def test_fit_reports_the_positions_phase_and_takes_given_positions():
+    state_dict = tiny_resnet_state_dict()
+    config = FitConfig(hidden=8, iters=2, batch_size=64)
+    calls = []
+    fitted = fit(state_dict, config, device="cpu", on_positions=lambda done, total, _: calls.append((done, total)))
+    total = sum(entry.num_kernels for entry in fitted.layers)
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    given = {name: torch.flip(p, [0]) for name, p in fitted.positions.items()}
+    nern = init_nern(state_dict, config, positions=given, on_positions=lambda *args: calls.append(args))
+    assert all(torch.equal(nern.positions[name], given[name]) for name in given)
+    assert calls[-1] == (total, total)  # nothing computed, nothing reported
+

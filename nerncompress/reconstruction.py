@@ -130,6 +130,9 @@ def reassign_positions(nern: Nern, groups: list[KernelGroup]) -> int:
         start = 0
         for number, entry in enumerate(group.layers):
             end = start + entry.num_kernels
+            if entry.kernel_size == 1:  # 1x1 layers keep their index (see training.layer positions)
+                start = end
+                continue
             predicted = nern.predict_at(entry, torch.arange(entry.num_kernels))
             old = nern.positions[entry.name]
             new = assign_positions(

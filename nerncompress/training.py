@@ -162,7 +162,12 @@ def _positions(
     if missing:
         report(0, 0)
     for entry in missing:
-        usable[entry.name] = compute_positions(state_dict[entry.name], method, on_progress=report)
+        if entry.kernel_size == 1:
+            # A 1x1 kernel is a single value: its position would cost more bits (about log2 N) than smoothing
+            # saves, so it keeps its index, which the file stores for free.
+            usable[entry.name] = torch.arange(entry.num_kernels)
+        else:
+            usable[entry.name] = compute_positions(state_dict[entry.name], method, on_progress=report)
         done += entry.num_kernels
     return {e.name: usable[e.name].to(torch.int64) for e in layers}
 

@@ -339,3 +339,26 @@ def test_fit_reports_the_positions_phase_and_takes_given_positions():
     assert all(torch.equal(nern.positions[name], given[name]) for name in given)
     assert calls[-1] == (total, total)  # nothing computed, nothing reported
 
+
+
+def test_one_by_one_layers_keep_their_index_and_store_no_positions(tmp_path):
+    """A 1x1 kernel is one value: a position would cost more bits than it saves, so it keeps its index and the
+    file stores no permutation for it; 3x3 layers are still permuted."""
+    import torchvision
+
+    from nerncompress.artifact import stream_bytes
+
+    torch.manual_seed(0)
+    state_dict = torchvision.models.squeezenet1_1(num_classes=10).state_dict()
+    nern = fit(state_dict, FitConfig(hidden=8, iters=2, batch_size=256, reassign_every=1), device="cpu")
+    by_size = {size: [e for e in nern.layers if e.kernel_size == size] for size in (1, 3)}
+    assert by_size[1] and by_size[3]
+    for entry in by_size[1]:
+        assert torch.equal(nern.positions[entry.name], torch.arange(entry.num_kernels))
+    assert any(not torch.equal(nern.positions[e.name], torch.arange(e.num_kernels)) for e in by_size[3])
+    save_artifact(nern, tmp_path / "s.nern")
+    streams = stream_bytes(tmp_path / "s.nern")
+    assert not [name for name in streams if any(name == f"positions/{e.name}" for e in by_size[1])]
+    assert [name for name in streams if name.startswith("positions/")]
+    loaded = load_artifact(tmp_path / "s.nern")
+    assert all(torch.equal(loaded.positions[k], nern.positions[k]) for k in nern.positions)

@@ -11,7 +11,8 @@ and ``__metadata__`` only ``format``, ``schema_version`` and ``tool_version``. S
 
     predictor/<param>          float values (encode_floats), or integers (encode_ints) for a quantized weight
     predictor/<param>.scale    its float16 scales; predictor/<param>.mask its kept weights (0/1) when pruned
-    positions/<layer>          crossfilter: the permutation (about log2(N!) bits)
+    positions/<layer>          crossfilter: the permutation (about log2(N!) bits); none for a layer whose row
+                               says "identity" (positions = index: 1x1 layers)
     positions/<layer>/filters, positions/<layer>/channels   infilter: the filter order, then each filter's
                                channel order (one permutation per filter, back to back, each after its length)
     scales/<layer>             per-filter scales (float32)
@@ -85,7 +86,9 @@ def encode(nern: Nern) -> tuple[dict[str, Tensor], dict[str, str]]:
         _encode_positions(streams, nern.permute, entry, nern.positions[entry.name])
         if entry.name in nern.scales:
             streams.add(f"scales/{entry.name}", entropy.encode_floats(nern.scales[entry.name].float().numpy()))
-        layers.append({**entry.to_dict(), "scaled": entry.name in nern.scales})
+        identity = torch.equal(nern.positions[entry.name], torch.arange(entry.num_kernels))
+        row = {**entry.to_dict(), "scaled": entry.name in nern.scales}
+        layers.append({**row, "identity": True} if identity else row)
     represented = {entry.name for entry in nern.layers}
     tensors = []
     for key in nern.key_order:
@@ -182,6 +185,8 @@ def predictor_bytes(predictor: Predictor, state: dict[str, Any]) -> int:
 
 def _encode_positions(streams: _Streams, permute: str, entry: LayerEntry, positions: Tensor) -> None:
     key = f"positions/{entry.name}"
+    if torch.equal(positions, torch.arange(entry.num_kernels)):
+        return  # the layer row says "identity": nothing to store
     if permute == "crossfilter":
         streams.add(key, entropy.encode_permutation(positions.numpy()))
     elif permute == "infilter":
@@ -226,7 +231,10 @@ def decode(tensors: dict[str, Tensor], *, trust_code: bool) -> Nern:
             raise ArtifactError(f"layer table row {index} ({entry.name}) has layer_index {entry.layer_index}")
         if predictor is None or entry.kernel_size not in predictor.config.kernel_sizes:
             raise ArtifactError(f"layer {entry.name!r} has {entry.kernel_size}x{entry.kernel_size} kernels but no head")
-        positions[entry.name] = _decode_positions(reader, permute, entry)
+        identity = row.get("identity", False)
+        if not isinstance(identity, bool):
+            raise ArtifactError(f"layer {entry.name!r}: 'identity' must be true or false")
+        positions[entry.name] = _decode_positions(reader, "none" if identity else permute, entry)
         if row.get("scaled"):
             scales[entry.name] = _finite(reader.floats(f"scales/{entry.name}", entry.c_out, torch.float32), entry.name)
         layers.append(entry)

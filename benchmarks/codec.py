@@ -188,7 +188,8 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     styles = {
         "NNCodec": dict(marker="o", color="tab:gray"), "NNCodec opt_qp": dict(marker="s", color="black"),
-        "ours-data-free": dict(marker="^", color="tab:blue"), "ours-data": dict(marker="D", color="tab:red"),
+        "ours-data-free": dict(marker="^", color="tab:blue"), "ours-data": dict(marker="D", color="tab:orange"),
+        "ours-data, fine-tuned": dict(marker="D", color="tab:red"),
         "ours-hybrid": dict(marker="*", color="tab:green", markersize=12),
     }  # fmt: skip
     for axis, model in zip(axes[0], models):
@@ -196,7 +197,10 @@ def plot(rows: list[dict], path: Path) -> None:
         groups = {
             "NNCodec": [r for r in mine if r["kind"] == "baseline" and not r.get("opt_qp")],
             "NNCodec opt_qp": [r for r in mine if r["kind"] == "baseline" and r.get("opt_qp")],
-            **{kind: [r for r in mine if r["kind"] == kind] for kind in ("ours-data-free", "ours-data", "ours-hybrid")},
+            "ours-data-free": [r for r in mine if r["kind"] == "ours-data-free"],
+            "ours-data": [r for r in mine if r["kind"] == "ours-data" and " 0 fine-tuning" in r["method"]],
+            "ours-data, fine-tuned": [r for r in mine if r["kind"] == "ours-data" and " 0 fine-tuning" not in r["method"]],
+            "ours-hybrid": [r for r in mine if r["kind"] == "ours-hybrid"],
         }
         for name, group in groups.items():
             group = sorted(group, key=lambda r: r["file_ratio"])
@@ -229,12 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nncodec-python", default=None, help="python of the NNCodec virtualenv: run it in this run")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    commit = git_commit()  # the code measured: read before the run, which may outlast a checkout's changes
     for model in args.models:  # one model at a time, so that a long run keeps what it has measured
         started = time.perf_counter()
         rows = benchmark_model(model, args)
         meta = {
             "date": date.today().isoformat(), "device": cpu_device(), "threads": args.threads,
-            "torch": torch.__version__, "commit": git_commit(), "seed": args.seed, "target": args.target,
+            "torch": torch.__version__, "commit": commit, "seed": args.seed, "target": args.target,
             "mode": "quick" if args.quick else "full", "command": " ".join(["python", *sys.argv]),
             "wall_seconds": round(time.perf_counter() - started, 1),
         }  # fmt: skip

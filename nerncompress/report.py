@@ -251,6 +251,7 @@ def code_summary(nern: Nern, path: PathLike, record: Mapping[str, Any], *, secon
         "candidates": record.get("candidates"),
         "target_met": record.get("target_met"),
         "holdout_reference_top1": record.get("holdout_reference_top1"),
+        "hybrid": record.get("hybrid"),
         "arch": nern.arch.to_dict(),
     }
 

@@ -34,6 +34,19 @@ def test_data_free_compress_writes_a_coded_nern(ws, tmp_path):
     assert human.exit_code == 0 and "file ratio" in human.stdout and "data-free" in human.stdout
 
 
+def test_hidden_offers_a_predictor_and_records_each_layers_choice(ws, tmp_path):
+    out = tmp_path / "hybrid.nern"
+    args = ["--step", "0.05", "--hidden", "8", "--fit-iters", "5", "--device", "cpu", "--json", "-o", out]
+    result = invoke("compress", ws["checkpoint"], *args)
+    assert result.exit_code == 0, result.stderr
+    hybrid = json.loads(result.stdout)["hybrid"]
+    assert set(hybrid) >= {"layers", "predictor_used", "predictor_bytes"} and hybrid["layers"]
+    assert all({"plain", "residual", "predictor"} <= set(row) for row in hybrid["layers"].values())
+    assert (load_artifact(out).predictor is not None) == hybrid["predictor_used"]
+    human = invoke("compress", ws["checkpoint"], *args[:-3], "-o", tmp_path / "h.nern")
+    assert human.exit_code == 0 and "predictor" in human.stdout and "layers" in human.stdout
+
+
 def test_compress_to_a_target_shows_the_candidates(ws, tmp_path):
     out = tmp_path / "target.nern"
     result = invoke("compress", ws["checkpoint"], "--data", ws["images"], "--min-agreement", "0", *FAST, "-o", out)

@@ -83,6 +83,19 @@ HoldoutOpt = Annotated[
     typer.Option("--holdout", min=0.01, max=0.9, help="Share of the training images held out to judge the target.",
                  rich_help_panel=TRAINING),
 ]  # fmt: skip
+HiddenOpt = Annotated[
+    int,
+    typer.Option(
+        "--hidden", min=0, help="Offer a predictor of this width to every conv layer: a layer takes it where its "
+        "residual and positions code shorter than its plain integers, and it is kept only when it saves more than "
+        "its own bytes (0: no predictor).", rich_help_panel=CODING,
+    ),
+]  # fmt: skip
+FitItersOpt = Annotated[
+    int,
+    typer.Option("--fit-iters", min=1, help="Fitting steps of the predictor offered by --hidden.",
+                 rich_help_panel=CODING),
+]  # fmt: skip
 
 EPILOG = examples(
     "nerncompress compress resnet56.th --data train.npz --min-agreement 95 -o resnet56.nern",
@@ -99,6 +112,8 @@ def compress_command(
     step: StepOpt = None,
     allocation: AllocationOpt = Allocation(DEFAULTS.allocation),
     rate_weight: RateWeightOpt = DEFAULTS.rate_weight,
+    hidden: HiddenOpt = DEFAULTS.hidden,
+    fit_iters: FitItersOpt = DEFAULTS.fit_iters,
     stages: StagesOpt = DEFAULTS.stages,
     stage_iters: StageItersOpt = DEFAULTS.stage_iters,
     holdout: HoldoutOpt = DEFAULTS.holdout,
@@ -125,7 +140,8 @@ def compress_command(
     out = output.Output(json_output)
     config = CodeConfig(
         step=step, allocation=allocation.value, rate_weight=rate_weight, stages=stages, stage_iters=stage_iters,
-        holdout=holdout, holdout_seed=holdout_seed, seed=seed,
+        holdout=holdout, holdout_seed=holdout_seed, seed=seed, hidden=hidden,
+        fit_iters=fit_iters,
     )  # fmt: skip
     summary = run_compress(
         checkpoint, config, output=output_path, arch=arch, data=data, split=split,
@@ -162,6 +178,12 @@ def render(console: Console, data: Mapping[str, Any]) -> None:
     ]  # fmt: skip
     if chosen["agreement"] is not None:
         rows.insert(4, ("held-out agreement", f"{chosen['agreement']:.2f}% with the original"))
+    hybrid = data.get("hybrid")
+    if hybrid:
+        taken = [name for name, row in hybrid["layers"].items() if row["predictor"]]
+        verdict = "kept" if hybrid["predictor_used"] else "dropped: it saved less than its own bytes"
+        rows.append(("predictor", f"{output.human_bytes(hybrid['predictor_bytes'])}, taken by {len(taken)} of "
+                                  f"{len(hybrid['layers'])} layers, {verdict}"))  # fmt: skip
     console.print(output.key_value_table("compress", rows))
     output.render_gate(console, data.get("gate"))
     if data.get("gate") is None and chosen["agreement"] is None:

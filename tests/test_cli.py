@@ -379,8 +379,11 @@ def test_demo_quick_run(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    for name in ("original", "nern", "safetensors", "onnx"):
+    for name in ("original", "nern", "safetensors", "onnx", "coded"):
         assert Path(summary["files"][name]).is_file()
+    coded = summary["coded"]
+    assert coded["bytes"] == (workdir / "digits_cnn.coded.nern").stat().st_size < summary["original"]["bytes"]
+    assert 0 <= coded["agreement"] <= 100 and 0 < coded["file_ratio"] < 1
     assert 0 <= summary["original"]["top1"] <= 100 and 0 <= summary["expanded"]["top1"] <= 100
     assert summary["original"]["bytes"] == (workdir / "digits_cnn.safetensors").stat().st_size
     assert summary["nern"]["bytes"] == (workdir / "digits_cnn.nern").stat().st_size
@@ -397,6 +400,8 @@ def test_demo_full_run_keeps_accuracy(tmp_path):
     assert summary["original"]["top1"] > 95
     assert summary["expanded"]["top1"] > summary["original"]["top1"] - 3
     assert summary["nern"]["conv_ratio"] < 0.5
+    # compress's target is 99% on held-out training digits; the test digits land close to it
+    assert summary["coded"]["agreement"] > 97 and summary["coded"]["file_ratio"] < 0.1
 
 
 # -------------------------------------------------------------------------------------------- real processes

@@ -54,12 +54,15 @@ def render(console: Console, data: Mapping[str, Any]) -> None:
     table = Table(title="nerncompress demo: digits CNN, before and after", title_justify="left", title_style="bold")
     table.add_column("")
     table.add_column("original", justify="right")
-    table.add_column("expanded from .nern", justify="right")
-    table.add_row("test top-1", f"{original['top1']:.2f}%", f"{expanded['top1']:.2f}%")
-    table.add_row("agreement with original", "100.00%", f"{data['agreement']:.2f}%")
-    table.add_row("bytes on disk", f"{original['bytes']:,} (fp32 .safetensors)", f"{nern['bytes']:,} (.nern)")
-    table.add_row("conv ratio", "", f"{output.percent(nern['conv_ratio'])}")
-    table.add_row("file ratio", "", f"{output.percent(nern['file_ratio'])}")
+    table.add_column("fit (predictor)", justify="right")
+    table.add_column("compress (coded)", justify="right")
+    coded = data["coded"]
+    table.add_row("test top-1", f"{original['top1']:.2f}%", f"{expanded['top1']:.2f}%", f"{coded['top1']:.2f}%")
+    table.add_row("agreement with original", "100.00%", f"{data['agreement']:.2f}%", f"{coded['agreement']:.2f}%")
+    table.add_row("bytes on disk", f"{original['bytes']:,} (fp32 .safetensors)", f"{nern['bytes']:,} (.nern)",
+                  f"{coded['bytes']:,} (.nern)")  # fmt: skip
+    table.add_row("conv ratio", "", f"{output.percent(nern['conv_ratio'])}", "")
+    table.add_row("file ratio", "", f"{output.percent(nern['file_ratio'])}", f"{output.percent(coded['file_ratio'])}")
     console.print(table)
     timings = data["timings"]
     console.print(

@@ -121,11 +121,19 @@ def _raw_bit_counts(symbols: np.ndarray, m: int) -> np.ndarray:
 
 
 def _from_symbols(symbols: np.ndarray, raw: np.ndarray, m: int) -> np.ndarray:
-    nraw = _raw_bit_counts(symbols, m)
-    u = ((np.abs(symbols) - (nraw << m)).astype(np.uint64) << nraw.astype(np.uint64)) | raw
-    if np.any((symbols == -_max_bucket(m)) & (raw != 0)):
-        raise ValueError("corrupt entropy-coded stream: a value below the int64 range")
-    return np.where(symbols < 0, np.uint64(0) - u, u).view(np.int64)
+    """Values from (signed symbols, raw bits), written over ``symbols`` (int64) a slice at a time: the
+    temporaries then cost a slice, not the whole stream (a 100-million-value tensor would need gigabytes)."""
+    for start in range(0, symbols.size, _DECODE_SLICE):
+        part, bits = symbols[start : start + _DECODE_SLICE], raw[start : start + _DECODE_SLICE]
+        nraw = _raw_bit_counts(part, m)
+        u = ((np.abs(part) - (nraw << m)).astype(np.uint64) << nraw.astype(np.uint64)) | bits
+        if np.any((part == -_max_bucket(m)) & (bits != 0)):
+            raise ValueError("corrupt entropy-coded stream: a value below the int64 range")
+        part[:] = np.where(part < 0, np.uint64(0) - u, u).view(np.int64)
+    return symbols
+
+
+_DECODE_SLICE = 1 << 20
 
 
 def _raw_pieces(nraw: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
@@ -133,7 +141,7 @@ def _raw_pieces(nraw: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, int]
     for shift in range(0, 64, _RAW_PIECE):
         where = np.flatnonzero(nraw > shift)
         if where.size:
-            yield where, np.minimum(nraw[where] - shift, _RAW_PIECE), shift
+            yield where, np.minimum(nraw[where].astype(np.int64) - shift, _RAW_PIECE), shift
 
 
 def _blocks(count: int) -> Iterator[tuple[int, int]]:
@@ -235,13 +243,16 @@ def _decode_payload(payload: bytes, count: int, order: np.ndarray, bounds: np.nd
             ranges.append((start, stop, low, span))
     decoder, symbols = RangeDecoder(_words(payload[pos:])), np.empty(count, np.int64)
     for start, stop, low, span in ranges:
-        shifted, counts = np.zeros(stop - start, np.int64), np.zeros(span + 1, np.int64)
+        shifted, counts = np.zeros(stop - start, np.int32), np.zeros(span + 1, np.int64)
         for b0, b1 in _blocks(shifted.size if span else 0):  # _adaptive_blocks, decoding each block first
             shifted[b0:b1] = _decode(decoder, Categorical(_weights(counts), perfect=False), b1 - b0)
             counts += np.bincount(shifted[b0:b1], minlength=counts.size)
         symbols[order[start:stop]] = shifted + low
     raw = np.zeros(count, np.uint64)
-    for where, bits, shift in _raw_pieces(_raw_bit_counts(symbols, m)):
+    nraw = np.empty(count, np.int8)  # at most 64 raw bits per value
+    for start in range(0, count, _DECODE_SLICE):
+        nraw[start : start + _DECODE_SLICE] = _raw_bit_counts(symbols[start : start + _DECODE_SLICE], m)
+    for where, bits, shift in _raw_pieces(nraw):
         raw[where] |= _decode(decoder, Uniform(), (1 << bits).astype(np.int32)).astype(np.uint64) << np.uint64(shift)
     return _from_symbols(symbols, raw, m)
 

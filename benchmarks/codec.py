@@ -161,6 +161,11 @@ def write_results(model: str, rows: list[dict], meta: dict, out: Path) -> None:
     runs = {**saved.get("runs", {}), model: meta}
     rows = [row for row in saved["rows"] if row["model"] != model] + rows
     path.write_text(json.dumps({"runs": runs, "rows": rows}, indent=1) + "\n")
+    render(runs, rows, out)
+
+
+def render(runs: dict[str, dict], rows: list[dict], out: Path) -> None:
+    """results/codec.md and codec.png from every model's run record and rows."""
     run_lines = [f"- {name}: measured {m['date']} on {m['device']}, {m['threads']} threads, torch {m['torch']}, "
                  f"commit {m['commit'][:10]}, seed {m['seed']}, target {m['target']}% agreement on held-out "
                  f"training images, mode {m['mode']}, {m['wall_seconds'] / 60:.0f} min. Command: `{m['command']}`."
@@ -256,8 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.render:
         saved = json.loads((args.out / "codec.json").read_text())
-        for model in saved["runs"]:
-            write_results(model, [r for r in saved["rows"] if r["model"] == model], saved["runs"][model], args.out)
+        render(saved["runs"], saved["rows"], args.out)
         return
     commit = git_commit()  # the code measured: read before the run, which may outlast a checkout's changes
     for model in args.models:  # one model at a time, so that a long run keeps what it has measured

@@ -167,7 +167,8 @@ def _run_demo(
 
     reporter.log("training the digits CNN on scikit-learn's digits (train split)")
     started = time.perf_counter()
-    state_dict = train_digits_model(epochs=train_epochs, seed=seed, device=device)
+    train = load_data("digits", split="train")
+    state_dict = train_digits_model(train, epochs=train_epochs, seed=seed, device=device)
     timings["train"] = time.perf_counter() - started
     save_safetensors(
         state_dict.items(),
@@ -211,7 +212,7 @@ def _run_demo(
                  f"{DEMO_TARGET.min_agreement:g}% agreement on held-out ones")
     started = time.perf_counter()
     coded, record = code_checkpoint(
-        state_dict, CodeConfig(seed=seed), arch=DEMO_ARCH, data=load_data("digits", split="train"),
+        state_dict, CodeConfig(seed=seed), arch=DEMO_ARCH, data=train,
         target=DEMO_TARGET, device=device, reporter=reporter,
     )  # fmt: skip
     save_artifact(coded, files["coded"])

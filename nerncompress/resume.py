@@ -291,6 +291,23 @@ def _json(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ checkpointer
+@contextlib.contextmanager
+def route_stop_signals(on_signal: Callable[[str], None]) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM call ``on_signal(name)`` ("SIGINT", "SIGTERM") instead of stopping
+    the process; the previous handlers come back afterwards. Outside the main thread, where Python cannot install
+    handlers, this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: on_signal(signal.Signals(signum).name))
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 class Checkpointer:
     """Saves a training run's progress to ``path`` and, with ``resume=True``, continues a saved run.
 
@@ -444,20 +461,13 @@ class Checkpointer:
         the end of the step to agree on stopping. Outside the main thread, where Python cannot install handlers,
         this does nothing.
         """
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
 
-        def handler(signum: int, frame: Any) -> None:
+        def on_signal(name: str) -> None:
             if self.stop_requested:
                 if current().distributed:
                     return
-                raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice: stopped without saving")
-            self.stop_requested = signal.Signals(signum).name
+                raise KeyboardInterrupt(f"{name} received twice: stopped without saving")
+            self.stop_requested = name
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with route_stop_signals(on_signal):
             yield self
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)

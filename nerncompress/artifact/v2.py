@@ -83,10 +83,10 @@ def encode(nern: Nern) -> tuple[dict[str, Tensor], dict[str, str]]:
         _encode_predictor(streams, nern.predictor, state)
     layers = []
     for entry in nern.layers:
-        _encode_positions(streams, nern.permute, entry, nern.positions[entry.name])
+        identity = torch.equal(nern.positions[entry.name], torch.arange(entry.num_kernels))
+        _encode_positions(streams, "none" if identity else nern.permute, entry, nern.positions[entry.name])
         if entry.name in nern.scales:
             streams.add(f"scales/{entry.name}", entropy.encode_floats(nern.scales[entry.name].float().numpy()))
-        identity = torch.equal(nern.positions[entry.name], torch.arange(entry.num_kernels))
         row = {**entry.to_dict(), "scaled": entry.name in nern.scales}
         layers.append({**row, "identity": True} if identity else row)
     represented = {entry.name for entry in nern.layers}
@@ -185,8 +185,6 @@ def predictor_bytes(predictor: Predictor, state: dict[str, Any]) -> int:
 
 def _encode_positions(streams: _Streams, permute: str, entry: LayerEntry, positions: Tensor) -> None:
     key = f"positions/{entry.name}"
-    if torch.equal(positions, torch.arange(entry.num_kernels)):
-        return  # the layer row says "identity": nothing to store
     if permute == "crossfilter":
         streams.add(key, entropy.encode_permutation(positions.numpy()))
     elif permute == "infilter":

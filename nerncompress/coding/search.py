@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from ..hybrid import Choice, choose, offer_predictor, restore_offer, with_predic
 from ..models import ArchSpec, build_model, resolve_arch
 from ..nern import Nern
 from ..progress import Reporter, silent
-from ..resume import read_stage_snapshot, write_stage_snapshot
+from ..resume import read_stage_snapshot, route_stop_signals, write_stage_snapshot
 from ..safetensors_io import safetensors_header
 from .config import DEFAULT_STEP, CodeConfig
 from .finetune import Holdout, finetune, predictions
@@ -74,21 +72,14 @@ class Stages:
     @contextlib.contextmanager
     def signals(self):
         """SIGINT and SIGTERM set a flag the fine-tuning loop checks after each step (a second one stops at once)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
 
-        def handler(signum: int, frame: Any) -> None:
+        def on_signal(name: str) -> None:
             if self.signal:
-                raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice: stopped")
-            self.signal = signal.Signals(signum).name
+                raise KeyboardInterrupt(f"{name} received twice: stopped")
+            self.signal = name
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with route_stop_signals(on_signal):
             yield self
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
 
 

@@ -91,11 +91,11 @@ def positional_embedding(coordinates: Tensor, config: EmbeddingConfig) -> Tensor
     return embedded.reshape(coordinates.shape[0], -1).to(torch.float32)
 
 
-def _part_tables(
+def part_tables(
     layer_index: int, num_layers: int, *, c_out: int, c_in: int, config: EmbeddingConfig
 ) -> tuple[Tensor, Tensor]:
     """The two parts of a layer's embeddings: float32 (C_out, 4L) (layer, filter) of each filter and (C_in, 2L)
-    channel of each channel."""
+    channel of each channel. The kernel at position p embeds as ``cat(first[p // c_in], second[p % c_in])``."""
     first = kernel_coordinates(layer_index, num_layers, torch.arange(c_out) * c_in, c_out=c_out, c_in=c_in)
     second = kernel_coordinates(layer_index, num_layers, torch.arange(c_in), c_out=c_out, c_in=c_in)
     split = 4 * config.levels
@@ -107,7 +107,7 @@ def embed_positions(
 ) -> Tensor:
     """``positional_embedding(kernel_coordinates(...), config)`` of the given positions of one layer, from per-filter
     and per-channel tables: float32 (len(positions), 6 * levels)."""
-    first, second = _part_tables(layer_index, num_layers, c_out=c_out, c_in=c_in, config=config)
+    first, second = part_tables(layer_index, num_layers, c_out=c_out, c_in=c_in, config=config)
     positions = positions.to(torch.int64)
     return torch.cat([first[torch.div(positions, c_in, rounding_mode="floor")], second[positions % c_in]], dim=1)
 
@@ -131,7 +131,7 @@ class KernelEmbeddings:
         rows = [0, 0]
         kernels = 0
         for layer_index, c_out, c_in, _ in layers:
-            first, second = _part_tables(layer_index, num_layers, c_out=c_out, c_in=c_in, config=config)
+            first, second = part_tables(layer_index, num_layers, c_out=c_out, c_in=c_in, config=config)
             firsts.append(first)
             seconds.append(second)
             self._layers.append((rows[0], rows[1], c_in, kernels, c_out * c_in))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .devices import resolve_device
 from .codes import QuantizedTensor
-from .embeddings import EmbeddingConfig, KernelEmbeddings, embed_positions
+from .embeddings import EmbeddingConfig, KernelEmbeddings, embed_positions, part_tables
 from .errors import ArtifactError
 from .layers import LayerEntry
 from .models.registry import ArchSpec, build_model, check_arch, get_arch
@@ -118,10 +118,17 @@ class Nern:
         if self.predictor is None:
             raise ArtifactError(f"layer {entry.name!r} is represented but the Nern has no predictor")
         device = next(self.predictor.parameters()).device
-        if len(positions) <= PREDICT_CHUNK or torch.is_grad_enabled():
+        if torch.is_grad_enabled():
             return self.predictor(self.embeddings_at(entry, positions).to(device), entry.kernel_size)
-        chunks = positions.split(PREDICT_CHUNK)
-        return torch.cat([self.predictor(self.embeddings_at(entry, c).to(device), entry.kernel_size) for c in chunks])
+        # Without grad (expand, evaluation), the separable first layer: per-filter and per-channel rows, summed.
+        first, second = (part.to(device) for part in part_tables(
+            entry.layer_index, self.num_layers, c_out=entry.c_out, c_in=entry.c_in, config=self.embedding))  # fmt: skip
+        kernels = []
+        for chunk in positions.to(device=device, dtype=torch.int64).split(PREDICT_CHUNK):
+            filters = torch.div(chunk, entry.c_in, rounding_mode="floor")
+            features = self.predictor.features_from_parts(first, second, filters, chunk - filters * entry.c_in)
+            kernels.append(self.predictor.head(features, entry.kernel_size))
+        return torch.cat(kernels)
 
     def regenerate_layer(self, entry: LayerEntry, embeddings: Tensor | None = None) -> Tensor:
         """The predictor's output for one represented layer, shape ``entry.shape`` (differentiable when grad is

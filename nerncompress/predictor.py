@@ -95,6 +95,16 @@ class Predictor(nn.Module):
         """Hidden features, float32 (N, last body width), shared by all heads."""
         return self.body(embeddings)
 
+    def features_from_parts(self, first: Tensor, second: Tensor, first_rows: Tensor, second_rows: Tensor) -> Tensor:
+        """``features(cat([first[first_rows], second[second_rows]], 1))`` up to float rounding, for embeddings made
+        of two parts (``embeddings.part_tables``): the first Linear is applied to each table once, so a kernel
+        costs the sum of two of its rows instead of a product with the whole embedding."""
+        linear = self.body[0]
+        split = first.shape[1]
+        from_first = nn.functional.linear(first, linear.weight[:, :split], linear.bias)
+        from_second = nn.functional.linear(second, linear.weight[:, split:])
+        return self.body[1:](from_first[first_rows] + from_second[second_rows])
+
     def head(self, features: Tensor, kernel_size: int) -> Tensor:
         """Kernels of one size from hidden features: float32 (N, k*k)."""
         return self.heads[head_name(kernel_size)](features)

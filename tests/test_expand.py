@@ -72,10 +72,20 @@ def test_large_layers_are_regenerated_in_chunks_with_the_same_values(fitted, mon
         whole = fitted.regenerate_layer(entry)
         monkeypatch.setattr(nern_module, "PREDICT_CHUNK", 100)  # several chunks
         calls = []
-        original = type(fitted).embeddings_at
-        monkeypatch.setattr(fitted, "embeddings_at", lambda e, p: calls.append(len(p)) or original(fitted, e, p))
+        original = fitted.predictor.features_from_parts
+        monkeypatch.setattr(fitted.predictor, "features_from_parts",
+                            lambda *args: calls.append(len(args[2])) or original(*args))  # fmt: skip
         chunked = fitted.regenerate_layer(entry)
     assert max(calls) <= 100 and sum(calls) == entry.num_kernels
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
     table = dict(expand(fitted))
     torch.testing.assert_close(table[entry.name], whole, rtol=1e-5, atol=1e-6)
+
+
+def test_regeneration_without_grad_matches_the_differentiable_path(fitted):
+    entry = max(fitted.layers, key=lambda e: e.num_kernels)
+    with torch.enable_grad():
+        differentiable = fitted.regenerate_layer(entry).detach()
+    with torch.no_grad():
+        separable = fitted.regenerate_layer(entry)
+    torch.testing.assert_close(separable, differentiable, rtol=1e-5, atol=1e-6)

@@ -34,3 +34,13 @@ def test_config_round_trip():
     config = PredictorConfig(input_dim=120, hidden=64, depth=2, kernel_sizes=(3, 1))
     assert PredictorConfig.from_dict(config.to_dict()) == config
     assert config.kernel_sizes == (1, 3)
+
+
+@pytest.mark.parametrize("widths", [None, (7, 5, 6, 4)])
+def test_features_from_parts_equal_features_of_the_joined_embeddings(widths):
+    predictor = build_predictor(PredictorConfig(input_dim=12, hidden=8, widths=widths), seed=0)
+    first, second = torch.randn(5, 8), torch.randn(3, 4)
+    first_rows, second_rows = torch.randint(0, 5, (40,)), torch.randint(0, 3, (40,))
+    joined = torch.cat([first[first_rows], second[second_rows]], dim=1)
+    torch.testing.assert_close(predictor.features_from_parts(first, second, first_rows, second_rows),
+                               predictor.features(joined), rtol=1e-5, atol=1e-6)  # fmt: skip

@@ -10,8 +10,9 @@ from typing import Any
 from ..errors import UsageError
 from ..optim import PRECISIONS
 
-CODE_CONFIG_VERSION = 1
+CODE_CONFIG_VERSION = 2
 ALLOCATIONS = ("sensitivity", "batchnorm", "uniform")
+LR_SCHEDULES = ("cosine", "constant")
 FINE_BITS = 12  # one-dimensional tensors: a grid of 2**-12 of their largest magnitude
 DEFAULT_STEP = 0.02  # data-free coarseness c when none is given (weights of CIFAR ResNets: std about 0.05-0.1)
 
@@ -37,6 +38,8 @@ class CodeConfig:
         stages: most fine-tuning stages (each at a coarser step than the last).
         stage_iters: fine-tuning steps per stage (0: no fine-tuning).
         lr_scale: learning rate of each weight tensor, as a share of its step per optimisation step (Adam).
+        lr_schedule: "cosine" anneals the learning rate to zero over each stage, so that a stage ends with its
+            values settled on one side of their rounding boundaries; "constant" keeps it.
         precision: auto | bf16 | fp32: bfloat16 autocast of the fine-tuning passes where the hardware has it (the
             held-out figures are always measured in float32, as the file will be expanded).
         rate_penalty: weight of a rate term in the fine-tuning loss: the mean magnitude of the weights in units of
@@ -62,6 +65,7 @@ class CodeConfig:
     stages: int = 6
     stage_iters: int = 200
     lr_scale: float = 0.003
+    lr_schedule: str = "cosine"
     rate_penalty: float = 0.0
     precision: str = "auto"
     hidden: int = 0
@@ -79,6 +83,8 @@ class CodeConfig:
             raise UsageError(f"step must be > 0, got {self.step}")
         if self.allocation not in ALLOCATIONS:
             raise UsageError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not self.rate_weight >= 0:
             raise UsageError(f"rate_weight must be >= 0, got {self.rate_weight}")
         if not self.growth > 1:

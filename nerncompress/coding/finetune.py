@@ -46,6 +46,8 @@ def finetune(
     parameters = {key: value.detach().clone().to(device).requires_grad_(True) for key, value in latents.items()}
     optimizer = torch.optim.Adam([{"params": [value], "lr": config.lr_scale * steps[key]}
                                   for key, value in parameters.items()])  # fmt: skip
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(iters, 1)) if (
+        config.lr_schedule == "cosine") else None  # fmt: skip
     mean, std = preset_stats(spec.preset)
     student, teacher = student.to(device), teacher.to(device)
     shifts = {key: value.to(device) for key, value in (offsets or {}).items()}
@@ -70,6 +72,8 @@ def finetune(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         if on_step is not None and (step % 10 == 0 or step == iters - 1):
             on_step(step + 1, iters, {"loss": float(loss.detach())})
         if stop is not None and stop():

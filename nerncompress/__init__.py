@@ -63,6 +63,7 @@ _EXPORTS = {
     "export": "exporter",
     # data and evaluation
     "load_data": "data",
+    "DEFAULT_WORKERS": "image_folder",
     "MIX_METHODS": "data",
     "evaluate": "evaluation",
     "AccuracyGate": "gate",

@@ -4,12 +4,20 @@ Every loader returns an :class:`ImageData` holding uint8 images ``(N, H, W, C)``
 the conversion to normalised float32 ``(N, C, H, W)`` happens per batch, on the target device, so a dataset
 costs one byte per pixel in memory.
 
+ImageFolder trees are always streamed, whatever their size (as torchvision's ``ImageFolder`` is): only the file
+list is read when they are loaded, and each batch is decoded from its files when it is drawn, by ``workers``
+threads (see :mod:`nerncompress.image_folder`), so a tree of a million JPEGs costs its file list in memory. The
+other sources are held in memory. Held-out shares, which are scored many times, are decoded once
+(:meth:`ImageData.in_memory`); nothing decodes a whole training set.
+
 Supported sources (see :func:`load_data`):
 
 * a ``.npz`` file with arrays ``x`` (images) and ``y`` (labels);
 * a CIFAR-10 / CIFAR-100 "python version" folder (``cifar-10-batches-py`` or ``cifar-100-python``), or the folder
   that contains one of them;
-* an ImageFolder tree: one subfolder per class holding ``.png`` / ``.jpg`` files, all of one size;
+* an ImageFolder tree: one subfolder per class holding ``.png`` / ``.jpg`` files, of any sizes: every image
+  comes out at ``image_size`` (default: the first image's size, so a tree of one size is read as it is), resized
+  and center-cropped as torchvision evaluates ImageNet;
 * the string ``"digits"``: scikit-learn's embedded 8x8 handwritten digits, split 80/20 into train/test.
 """
 
@@ -19,6 +27,7 @@ import os
 import pickle
 import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +38,7 @@ from torch import Tensor
 
 from .devices import resolve_device
 from .errors import DataError, UsageError
+from .image_folder import DEFAULT_WORKERS, FolderImages, read_size, scan_image_folder
 
 NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -44,7 +54,6 @@ DIGITS_SPEC = "digits"
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SEED = 0
 
-_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 _CIFAR10_DIR = "cifar-10-batches-py"
 _CIFAR100_DIR = "cifar-100-python"
 _CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -71,20 +80,22 @@ def preset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 @dataclass
 class ImageData:
-    """A labelled image dataset held in memory.
+    """A labelled image dataset: labels in memory, images in memory or streamed from their files.
 
     Attributes:
-        images: uint8 tensor ``(N, H, W, C)``, values 0..255.
+        images: uint8 tensor ``(N, H, W, C)``, values 0..255; or, for an ImageFolder tree, a
+            :class:`~nerncompress.image_folder.FolderImages`, which has the same ``len``, ``shape`` and indexing
+            but decodes only the images an index names.
         labels: int64 tensor ``(N,)``.
         source: where the data came from (a path, or ``"digits:test"``), for reports and error messages.
     """
 
-    images: Tensor
+    images: Tensor | FolderImages
     labels: Tensor
     source: str
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+        if not self.streamed and (self.images.dtype != torch.uint8 or self.images.dim() != 4):
             raise DataError(
                 f"{self.source}: images must be a uint8 (N, H, W, C) tensor, "
                 f"got {self.images.dtype} {tuple(self.images.shape)}"
@@ -111,6 +122,20 @@ class ImageData:
         """``max(label) + 1`` (0 for an empty dataset)."""
         return int(self.labels.max()) + 1 if len(self) else 0
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are decoded from files when drawn rather than held in memory."""
+        return isinstance(self.images, FolderImages)
+
+    def in_memory(self) -> ImageData:
+        """This dataset with every image decoded into one tensor; the dataset itself when it already is.
+
+        Meant for held-out shares, which are scored many times; a training set stays streamed.
+        """
+        if not self.streamed:
+            return self
+        return ImageData(self.images.decode_all(), self.labels, self.source)
+
     def subset(self, indices: Tensor | Sequence[int]) -> ImageData:
         """Select samples by index, in the order given.
 
@@ -118,24 +143,27 @@ class ImageData:
             indices: int indices into this dataset, tensor or sequence.
 
         Returns:
-            A new :class:`ImageData` with the same ``source``; tensors are copies.
+            A new :class:`ImageData` with the same ``source``; tensors are copies. A streamed dataset's subset is
+            streamed too: nothing is decoded.
         """
         index = torch.as_tensor(indices, dtype=torch.long)
-        return ImageData(self.images[index], self.labels[index], self.source)
+        images = self.images.take(index) if self.streamed else self.images[index]
+        return ImageData(images, self.labels[index], self.source)
 
 
 def concat_data(*datasets: ImageData) -> ImageData:
     """Join datasets into one, in the order given (e.g. the lossless and the JPEG CIFAR training images).
 
     Args:
-        datasets: one or more datasets whose images all have the same ``(H, W, C)``.
+        datasets: one or more datasets whose images all have the same ``(H, W, C)``; all in memory, or all
+            streamed (ImageFolder trees).
 
     Returns:
         One dataset; its ``source`` joins the sources with " + ". A single dataset is returned as is.
 
     Raises:
         UsageError: when no dataset is given.
-        DataError: when the image sizes differ, naming both sources.
+        DataError: when the image sizes differ, or streamed and in-memory datasets are mixed, naming both sources.
     """
     if not datasets:
         raise UsageError("concat_data needs at least one dataset")
@@ -150,8 +178,18 @@ def concat_data(*datasets: ImageData) -> ImageData:
                 f"{other.source} holds {size} (HxWxC) images but {first.source} holds {expected}: "
                 "combine only datasets of one image size"
             )
+        if other.streamed != first.streamed:
+            tree, held = (first, other) if first.streamed else (other, first)
+            raise DataError(
+                f"{tree.source} is an ImageFolder tree, read from its files batch by batch, and {held.source} is held "
+                "in memory: combine ImageFolder trees only with each other (or convert one dataset to the other's form)"
+            )
+    if first.streamed:
+        images = FolderImages.concat([d.images for d in datasets])
+    else:
+        images = torch.cat([d.images for d in datasets])
     return ImageData(
-        images=torch.cat([d.images for d in datasets]),
+        images=images,
         labels=torch.cat([d.labels for d in datasets]),
         source=" + ".join(d.source for d in datasets),
     )
@@ -160,7 +198,13 @@ def concat_data(*datasets: ImageData) -> ImageData:
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def load_data(spec: str | os.PathLike, *, split: str = "test") -> ImageData:
+def load_data(
+    spec: str | os.PathLike,
+    *,
+    split: str = "test",
+    workers: int = DEFAULT_WORKERS,
+    image_size: int | tuple[int, int] | None = None,
+) -> ImageData:
     """Load a labelled image dataset.
 
     Args:
@@ -168,14 +212,19 @@ def load_data(spec: str | os.PathLike, *, split: str = "test") -> ImageData:
             file, a CIFAR-10/100 python folder (or its parent), or an ImageFolder tree.
         split: ``"train"`` or ``"test"``. Chooses the batches of a CIFAR folder and the part of ``digits``;
             ignored for ``.npz`` files and ImageFolder trees, which hold a single split.
+        workers: threads that decode the images of an ImageFolder tree (>= 1); unused by the other sources.
+        image_size: the size every image of an ImageFolder tree comes out at, ``S`` (square) or ``(H, W)``;
+            None takes the first image's size. Unused by the other sources, whose images are kept as stored.
 
     Returns:
-        The dataset; images uint8 ``(N, H, W, C)``, labels int64 ``(N,)``.
+        The dataset; images uint8 ``(N, H, W, C)`` (streamed from the files for an ImageFolder tree), labels
+        int64 ``(N,)``.
 
     Raises:
-        UsageError: for a split other than train/test.
+        UsageError: for a split other than train/test, workers < 1 or a size that is not positive.
         DataError: (one line, naming the path) for a missing path, an unknown format, an ``.npz`` without
-            ``x``/``y``, images and labels of different lengths, an empty dataset or negative labels.
+            ``x``/``y``, images and labels of different lengths, an empty dataset or negative labels. A damaged
+            image of an ImageFolder tree is found when it is decoded: the error names the file.
 
     Note:
         CIFAR python folders are pickles (the format the dataset is distributed in). They are only read from a
@@ -184,6 +233,9 @@ def load_data(spec: str | os.PathLike, *, split: str = "test") -> ImageData:
     """
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}: use train or test")
+    if workers < 1:
+        raise UsageError(f"workers must be >= 1, got {workers}")
+    size = _size_pair(image_size)
     if isinstance(spec, str) and spec == DIGITS_SPEC:
         return _load_digits(split)
     path = Path(spec)
@@ -203,7 +255,16 @@ def load_data(spec: str | os.PathLike, *, split: str = "test") -> ImageData:
     cifar = _find_cifar_folder(path)
     if cifar is not None:
         return _load_cifar(cifar, split)
-    return _load_image_folder(path)
+    return _load_image_folder(path, workers=workers, size=size)
+
+
+def _size_pair(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    pair = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise UsageError(f"image_size {image_size} must be a positive S or (H, W)")
+    return int(pair[0]), int(pair[1])
 
 
 def _one_line(err: BaseException) -> str:
@@ -357,39 +418,14 @@ def _load_cifar(folder: Path, split: str) -> ImageData:
 # --- ImageFolder trees
 
 
-def _load_image_folder(root: Path) -> ImageData:
-    from PIL import Image, UnidentifiedImageError  # only this loader needs PIL
-
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        files.extend(
-            (p, label)
-            for p in sorted((root / name).iterdir())
-            if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
-    if not files:
+def _load_image_folder(root: Path, *, workers: int, size: tuple[int, int] | None) -> ImageData:
+    paths, labels = scan_image_folder(root)
+    if not len(paths):
         raise DataError(
             f"{root}: unknown dataset folder: not a CIFAR python folder and no class subfolders with .png/.jpg images"
         )
-    arrays: list[np.ndarray] = []
-    first_size: tuple[int, int] | None = None
-    for path, _ in files:
-        try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"{path}: cannot read image: {_one_line(err)}") from err
-        if first_size is None:
-            first_size = rgb.size
-        elif rgb.size != first_size:
-            raise DataError(
-                f"{path} is {rgb.size[0]}x{rgb.size[1]} but {files[0][0]} is {first_size[0]}x{first_size[1]}: "
-                "resize all images to one size"
-            )
-        arrays.append(np.asarray(rgb, dtype=np.uint8))
-    labels = np.array([label for _, label in files], dtype=np.int64)
-    return _finish(np.stack(arrays), labels, str(root))
+    images = FolderImages(paths, size or read_size(paths[0]), workers)
+    return ImageData(images, torch.from_numpy(labels), str(root))
 
 
 # --- scikit-learn digits
@@ -556,17 +592,21 @@ def _batches(
     n = len(data)
     order = _randperm(n, generator) if shuffle else None
     non_blocking = device.type == "cuda"
-    for start in range(0, n, batch_size):
-        if order is None:
-            images = data.images[start : start + batch_size]
-            labels = data.labels[start : start + batch_size]
-        else:
-            index = order[start : start + batch_size]
-            images, labels = data.images[index], data.labels[index]
-        x = to_float(images.to(device, non_blocking=non_blocking), mean=mean, std=std)
-        if augment:
-            x = augment_batch(x, generator=generator)
-        yield x, labels.to(device, non_blocking=non_blocking)
+    starts = range(0, n, batch_size)
+    if order is None:
+        indices = [slice(start, start + batch_size) for start in starts]
+    else:
+        indices = [order[start : start + batch_size] for start in starts]
+    if data.streamed:
+        batches = data.images.decode_batches(indices)  # the next batch is decoded while this one is used
+    else:
+        batches = (data.images[index] for index in indices)
+    with closing(batches):
+        for index, images in zip(indices, batches, strict=True):
+            x = to_float(images.to(device, non_blocking=non_blocking), mean=mean, std=std)
+            if augment:
+                x = augment_batch(x, generator=generator)
+            yield x, data.labels[index].to(device, non_blocking=non_blocking)
 
 
 def _randperm(n: int, generator: torch.Generator | None) -> Tensor:

@@ -287,6 +287,7 @@ def train_with_teacher(
     holdout_x = holdout_y = None
     if data is not None and config.holdout > 0 and len(data) >= 20:
         data, holdout = split_holdout(data, fraction=config.holdout, seed=config.holdout_seed)
+        holdout = holdout.in_memory()  # scored every eval_every steps: decoded once (a streamed tree's share)
         holdout_x, holdout_y = to_float(holdout.images, mean=mean, std=std).to(device), holdout.labels
     teacher = teacher.to(device).eval()
     student = student_model(nern, device)

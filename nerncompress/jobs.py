@@ -30,6 +30,7 @@ from .devices import resolve_device
 from .distributed import barrier, check_devices, check_divisible, launch, launched_world, process_group, rank_device
 from .distributed import current as current_world
 from .data import ImageData, concat_data, load_data, preset_stats, split_holdout, to_float
+from .image_folder import DEFAULT_WORKERS
 from .distillation import DistillConfig, check_distillable, check_teacher, distill
 from .errors import UsageError
 from .evaluation import evaluate, most_faithful
@@ -95,13 +96,20 @@ def load_model(
     return build_model(spec, state_dict), spec
 
 
-def load_datasets(specs: Sequence[str], *, split: str = "train") -> ImageData | None:
-    """Datasets given as ``--data`` values, concatenated in order; None for ``noise`` (data-free)."""
+def load_datasets(
+    specs: Sequence[str],
+    *,
+    split: str = "train",
+    workers: int = DEFAULT_WORKERS,
+    image_size: int | tuple[int, int] | None = None,
+) -> ImageData | None:
+    """Datasets given as ``--data`` values, concatenated in order; None for ``noise`` (data-free). ``split``,
+    ``workers`` and ``image_size`` as in ``load_data``."""
     if "noise" in specs:
         if len(specs) > 1:
             raise UsageError("data 'noise' (data-free) cannot be combined with datasets: give one or the other")
         return None
-    return concat_data(*(load_data(spec, split=split) for spec in specs))
+    return concat_data(*(load_data(spec, split=split, workers=workers, image_size=image_size) for spec in specs))
 
 
 def check_images(model: nn.Module, data: ImageData | None, preset: str) -> None:
@@ -177,6 +185,8 @@ def run_fit(
     arch: str | None = None,
     data: Sequence[str] | None = None,
     split: str = "train",
+    workers: int = DEFAULT_WORKERS,
+    image_size: int | tuple[int, int] | None = None,
     device: str = "auto",
     threads: int | None = None,
     resume: bool = False,
@@ -193,6 +203,8 @@ def run_fit(
         arch: the architecture; None detects it.
         data: images of ``scheme="nern"`` (dataset specs, or ``["noise"]``).
         split: split of each dataset.
+        workers, image_size: threads that decode an ImageFolder tree's images, and the size they come out at (as
+            in ``load_data``).
         device, threads: where and with how many CPU threads to run.
         resume: continue the run saved in ``<output>.resume``.
         checkpoint_every: steps between snapshots (0: only on Ctrl-C/SIGTERM).
@@ -210,7 +222,7 @@ def run_fit(
     state_dict = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
     spec = resolve_arch(arch, state_dict)
     model = build_model(spec, state_dict)  # keys and shapes fit the architecture: fail now, not after the log
-    dataset = load_datasets(data, split=split) if data else None
+    dataset = load_datasets(data, split=split, workers=workers, image_size=image_size) if data else None
     if config.scheme == "nern":
         check_images(model, dataset, spec.preset)
     source = source_provenance(checkpoint, state_dict)
@@ -239,6 +251,8 @@ def run_distill(
     config: DistillConfig | None = None,
     output: PathLike | None = None,
     split: str = "train",
+    workers: int = DEFAULT_WORKERS,
+    image_size: int | tuple[int, int] | None = None,
     teacher_arch: str | None = None,
     gate: AccuracyGate | None = None,
     device: str = "auto",
@@ -269,8 +283,8 @@ def run_distill(
         nproc: processes of a data-parallel run (1: this process alone, or the processes torchrun started);
             ``config.batch_size`` must divide by it. Without ``threads``, each process takes an equal share of the
             CPU cores.
-        teacher_arch, split, device, threads, resume, checkpoint_every, trust_pickle, trust_code, reporter: as
-            in ``run_fit`` and ``load_model``.
+        teacher_arch, split, workers, image_size, device, threads, resume, checkpoint_every, trust_pickle,
+            trust_code, reporter: as in ``run_fit`` and ``load_model``.
 
     Returns:
         ``report.distill_summary`` of the written file, with ``gate`` when one was given, ``threads`` (per
@@ -296,7 +310,8 @@ def run_distill(
         reporter.log(f"starting {nproc} processes, {config.batch_size // nproc} images of each batch apiece")
         kwargs = {
             "nern_path": nern_path, "teacher": teacher, "data": list(data), "config": config, "output": target,
-            "split": split, "teacher_arch": teacher_arch, "gate": gate, "device": device,
+            "split": split, "workers": workers, "image_size": image_size, "teacher_arch": teacher_arch, "gate": gate,
+            "device": device,
             "threads": threads if threads is not None else max(1, (os.cpu_count() or 1) // nproc), "resume": resume,
             "checkpoint_every": checkpoint_every, "trust_pickle": trust_pickle, "trust_code": trust_code,
         }  # fmt: skip
@@ -306,7 +321,8 @@ def run_distill(
         if not world.main:
             reporter = silent
         return _distill_here(
-            nern_path, teacher, data, config, target, split=split, teacher_arch=teacher_arch, gate=gate,
+            nern_path, teacher, data, config, target, split=split, workers=workers, image_size=image_size,
+            teacher_arch=teacher_arch, gate=gate,
             device=str(rank_device(resolve_device(device), world)), threads=threads, resume=resume,
             checkpoint_every=checkpoint_every, trust_pickle=trust_pickle, trust_code=trust_code, reporter=reporter,
         )  # fmt: skip
@@ -320,6 +336,8 @@ def _distill_here(
     target: Path,
     *,
     split: str,
+    workers: int,
+    image_size: int | tuple[int, int] | None,
     teacher_arch: str | None,
     gate: AccuracyGate | None,
     device: str,
@@ -339,7 +357,7 @@ def _distill_here(
         teacher, arch=teacher_arch, trust_pickle=trust_pickle, trust_code=trust_code, device="cpu"
     )
     check_teacher(nern, teacher_model)
-    dataset = load_datasets(data, split=split)
+    dataset = load_datasets(data, split=split, workers=workers, image_size=image_size)
     check_images(teacher_model, dataset, nern.arch.preset)
     teacher_source = {**source_provenance(teacher, teacher_model.state_dict()), "arch": teacher_spec.name}
     checkpointer = _checkpointer(
@@ -376,6 +394,8 @@ def run_compress(
     arch: str | None = None,
     data: Sequence[str] | None = None,
     split: str = "train",
+    workers: int = DEFAULT_WORKERS,
+    image_size: int | tuple[int, int] | None = None,
     gate: AccuracyGate | None = None,
     device: str = "auto",
     threads: int | None = None,
@@ -393,7 +413,7 @@ def run_compress(
         output: the .nern to write; default: the checkpoint's name with the suffix .nern, in the current folder.
         arch: the architecture; None detects it.
         data: dataset specs (concatenated), ``["noise"]`` or None (data-free).
-        split: split of each dataset.
+        split, workers, image_size: as in ``run_fit``.
         gate: the fidelity to reach against the original on the held-out training images. When no candidate
             meets it, the closest one is written and the summary's ``gate`` says so.
         resume: continue the search saved in ``<output>.resume`` (saved after every stage; Ctrl-C or SIGTERM stop
@@ -409,7 +429,7 @@ def run_compress(
     state_dict = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
     spec = resolve_arch(arch, state_dict)
     model = build_model(spec, state_dict)
-    dataset = load_datasets(data, split=split) if data else None
+    dataset = load_datasets(data, split=split, workers=workers, image_size=image_size) if data else None
     if gate is not None and dataset is None:
         raise UsageError("an accuracy gate on compress scores held-out training images: give data (not noise)")
     check_images(model, dataset, spec.preset)
@@ -454,6 +474,8 @@ def run_compress_predictor(
     original: PathLike | None = None,
     data: Sequence[str] | None = None,
     split: str = "train",
+    workers: int = DEFAULT_WORKERS,
+    image_size: int | tuple[int, int] | None = None,
     teacher: PathLike | None = None,
     teacher_arch: str | None = None,
     device: str = "auto",
@@ -471,7 +493,8 @@ def run_compress_predictor(
         original: the original checkpoint, whose weights the fine-tuning reconstructs; default: the input's own.
         data: images of the KD phase (``config.kd_iters`` > 0): dataset specs, or none for noise.
         teacher: teacher of the KD phase (a checkpoint or a .nern); default: the input .nern itself.
-        split, teacher_arch, device, threads, trust_pickle, trust_code, reporter: as in ``run_distill``.
+        split, workers, image_size, teacher_arch, device, threads, trust_pickle, trust_code, reporter: as in
+            ``run_distill``.
 
     Returns:
         ``report.compress_summary`` of the written file.
@@ -497,7 +520,7 @@ def run_compress_predictor(
                 teacher, arch=teacher_arch, trust_pickle=trust_pickle, trust_code=trust_code, device="cpu"
             )
             check_teacher(nern, teacher_model)
-        dataset = load_datasets(data, split=split) if data else None
+        dataset = load_datasets(data, split=split, workers=workers, image_size=image_size) if data else None
         check_images(teacher_model, dataset, nern.arch.preset)
     stage = "quantize" if quantize else "prune"
     steps = config.qat_iters if quantize else config.finetune_iters
@@ -555,6 +578,8 @@ def run_eval(
     data: str,
     *,
     split: str = "test",
+    workers: int = DEFAULT_WORKERS,
+    image_size: int | tuple[int, int] | None = None,
     arch: str | None = None,
     preset: str | None = None,
     compare: PathLike | None = None,
@@ -569,6 +594,8 @@ def run_eval(
     """Top-1 of a checkpoint or a ``.nern`` on a labelled dataset; with ``compare``, paired figures against a
     second model on the same images, and the ``gate`` judged on them.
 
+    ``split``, ``workers`` and ``image_size`` are those of ``load_data``.
+
     Returns:
         ``model``, ``arch``, ``data``, ``preset``, ``top1``, ``count``; with ``compare``: ``compare`` (the other
         model's top-1 and ``report.compare_results``); with ``gate``: ``gate`` (see ``AccuracyGate.check``).
@@ -578,7 +605,7 @@ def run_eval(
     """
     if gate is not None and compare is None:
         raise UsageError("an accuracy gate compares two models: give compare (the original)")
-    dataset = load_data(data, split=split)
+    dataset = load_data(data, split=split, workers=workers, image_size=image_size)
     with _threads(threads):
         model, spec = load_model(model_path, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code, device=device)
         preset_name = preset or spec.preset
@@ -616,6 +643,8 @@ def run_select(
     holdout: float = DistillConfig.holdout,
     holdout_seed: int = DistillConfig.holdout_seed,
     split: str = "train",
+    workers: int = DEFAULT_WORKERS,
+    image_size: int | tuple[int, int] | None = None,
     arch: str | None = None,
     device: str = "auto",
     batch_size: int = 500,
@@ -627,7 +656,8 @@ def run_select(
     """Copy to ``output`` the candidate that agrees most with ``reference`` on held-out training images.
 
     For the best of several runs (e.g. seeds): give the data that distill was given, and only the share it held
-    out is scored (the same split for every seed). Never select on test images.
+    out is scored (the same split for every seed). Never select on test images. ``split``, ``workers`` and
+    ``image_size`` are those of ``load_data``.
 
     Returns:
         ``reference``, ``data``, ``images``, ``candidates`` (path, agreement, top1), ``selected``,
@@ -638,7 +668,7 @@ def run_select(
     if "noise" in data:
         raise UsageError("select scores on real images: data 'noise' cannot be used")
     target = check_output(output, *candidates, reference, *data)
-    dataset = load_datasets(data, split=split)
+    dataset = load_datasets(data, split=split, workers=workers, image_size=image_size)
     if holdout > 0:
         dataset = split_holdout(dataset, fraction=holdout, seed=holdout_seed)[1]
     reporter.log(f"scoring {len(candidates)} candidates on {_images(dataset)}")

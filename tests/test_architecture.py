@@ -14,7 +14,7 @@ PACKAGE = Path(nerncompress.__file__).resolve().parent
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["_version", "errors", "_io", "devices", "progress", "gate", "bitpack", "entropy",
                     "safetensors_io", "distributed"]),
-    ("models and data", ["models", "checkpoint", "data"]),
+    ("models and data", ["models", "checkpoint", "image_folder", "data"]),
     ("representation", ["embeddings", "permutations", "predictor", "layers", "quantization", "codes", "nern"]),
     ("storage", ["artifact"]),
     ("training", ["optim", "losses", "resume", "reconstruction", "distillation", "pruning", "rounding", "training",

@@ -194,6 +194,46 @@ def test_eval_missing_data_exits_1(workspace, tmp_path):
     assert_one_line_error(result, 1)
 
 
+def _image_tree(root: Path, sizes: list[tuple[int, int]]) -> Path:
+    """An ImageFolder tree of random PNGs of the given (H, W) sizes in three class folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        path = root / f"class{i % 3}" / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+def test_eval_streams_an_image_folder_tree_with_workers(workspace, tmp_path):
+    uniform = _image_tree(tmp_path / "uniform", [(32, 32)] * 12)
+    result = invoke("eval", workspace["checkpoint"], "--data", uniform, "--workers", "2", "--batch-size", "5",
+                    "--device", "cpu", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["count"] == 12 and summary["data"] == str(uniform)
+    mixed = _image_tree(tmp_path / "mixed", [(32, 32), (40, 56), (64, 36), (33, 33)])
+    args = ["eval", workspace["checkpoint"], "--data", mixed, "--image-size", "32", "--workers", "2", "--device", "cpu"]
+    assert invoke(*args).exit_code == 0
+    (mixed / "class1" / "001.png").write_bytes(b"damaged")
+    result = invoke(*args)
+    assert_one_line_error(result, 1)
+    assert f"{mixed / 'class1' / '001.png'}: cannot read image" in result.stderr
+    assert_one_line_error(invoke(*args[:-4], "--workers", "0"), 2)
+
+
+def test_distill_on_an_image_folder_tree(workspace, tmp_path):
+    """The held-out share of a streamed tree is decoded once and scored; training draws decode batch by batch."""
+    tree = _image_tree(tmp_path / "tree", [(32, 32)] * 24)
+    result = invoke("distill", workspace["nern"], "--teacher", workspace["checkpoint"], "--data", tree,
+                    "--workers", "2", "--iters", "2", "--batch-size", "4", "--holdout", "0.25", "--eval-every", "1",
+                    "--device", "cpu", "-o", tmp_path / "d.nern", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["holdout_agreement"] is not None and (tmp_path / "d.nern").is_file()
+
+
 # ------------------------------------------------------------------------------------------------------ select
 def test_select_keeps_the_most_faithful_candidate_and_copies_it(workspace, tmp_path):
     # The reference itself agrees 100% with the reference: it must win from any position, over the fitted .nern.

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,22 @@ def test_compress_to_a_target_shows_the_candidates(ws, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "candidates" in result.stdout and "accuracy target met" in result.stdout
     assert "search without fine-tuning" in result.stderr  # progress of each phase on stderr
+
+
+def test_compress_to_a_target_on_an_image_folder_tree(ws, tmp_path):
+    """The search's held-out share of a streamed tree is decoded once; sensitivity draws decode batch by batch."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        path = tmp_path / "tree" / f"class{i % 2}" / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    result = invoke("compress", ws["checkpoint"], "--data", tmp_path / "tree", "--workers", "2", "--min-agreement",
+                    "0", *FAST, "-o", tmp_path / "tree.nern", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["data"] == f"{tmp_path / 'tree'}[train part]" and summary["gate"]["passed"]
 
 
 def test_an_unmet_target_still_writes_the_closest_file_and_exits_3(ws, tmp_path, monkeypatch):

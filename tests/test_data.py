@@ -1,4 +1,5 @@
-"""Tests of nerncompress.data: loaders, normalisation, batching, augmentation, noise and holdout splits."""
+"""Tests of nerncompress.data: loaders (ImageFolder trees streamed), normalisation, batching, augmentation, noise and
+holdout splits."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from nerncompress.data import (
     NORMALIZATION_PRESETS,
     ImageData,
     augment_batch,
+    concat_data,
+    draw_batch,
     iterate_batches,
     mix_batch,
     load_data,
@@ -233,13 +236,109 @@ def test_image_folder(tmp_path: Path) -> None:
     assert np.array_equal(data.images[3].numpy(), pics[0])
 
 
-def test_image_folder_size_mismatch_names_the_file(tmp_path: Path) -> None:
-    _png(tmp_path / "a" / "1.png", np.zeros((4, 4, 3), np.uint8))
-    _png(tmp_path / "b" / "2.png", np.zeros((4, 4, 3), np.uint8))
-    _png(tmp_path / "b" / "3.png", np.zeros((6, 4, 3), np.uint8))
+def _tree(root: Path, sizes: list[tuple[int, int]], classes: int = 2, seed: int = 3) -> list[np.ndarray]:
+    """One PNG per size, dealt to ``classes`` class folders in turn, named so that the tree's order is the list's."""
+    rng = np.random.default_rng(seed)
+    pics = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in sizes]
+    for i, pic in enumerate(pics):
+        _png(root / f"class{i * classes // len(pics)}" / f"{i:03d}.png", pic)
+    return pics
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[str]:
+    """The paths decoded so far (the decoding still runs)."""
+    from nerncompress import image_folder
+
+    calls: list[str] = []
+    real = image_folder.decode_image
+    monkeypatch.setattr(image_folder, "decode_image", lambda path, size: calls.append(path) or real(path, size))
+    return calls
+
+
+def test_image_folder_is_streamed_and_decodes_nothing_until_drawn(tmp_path: Path, decoded: list[str]) -> None:
+    _tree(tmp_path, [(6, 6)] * 12)
+    data = load_data(tmp_path, workers=2)
+    train, hold = split_holdout(data, fraction=0.25, seed=0)
+    joined = concat_data(train, hold)
+    assert data.streamed and train.streamed and joined.streamed
+    assert (len(data), data.image_shape, data.num_classes, len(joined)) == (12, (3, 6, 6), 2, 12)
+    assert decoded == []
+    draw_batch(train, 5, mean=(0.0,), std=(1.0,), shape=(3, 6, 6), generator=torch.Generator().manual_seed(0))
+    assert len(decoded) == 5  # the drawn images only
+    held = hold.in_memory()
+    assert held.images.shape == (3, 6, 6, 3) and not held.streamed and held.in_memory() is held
+    assert len(decoded) == 8
+
+
+def test_streamed_tree_serves_the_batches_of_its_pixels_in_memory(tmp_path: Path) -> None:
+    """A uniform tree gives exactly what the same images held in memory give: batches, draws, splits."""
+    pics = _tree(tmp_path, [(5, 7)] * 20, classes=3)
+    streamed = load_data(tmp_path, workers=3)
+    held = ImageData(torch.from_numpy(np.stack(pics)), streamed.labels.clone(), "memory")
+    assert torch.equal(streamed.in_memory().images, held.images)
+    assert torch.equal(streamed.images[4], held.images[4])
+    stats = {"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.4)}
+    for options in ({}, {"shuffle": True, "augment": True}):
+        def batches(data: ImageData) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            gen = torch.Generator().manual_seed(1)
+            return list(iterate_batches(data, batch_size=6, device="cpu", generator=gen, **stats, **options))
+
+        for (x, y), (x_ref, y_ref) in zip(batches(streamed), batches(held), strict=True):
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+    def drawn(data: ImageData) -> torch.Tensor:
+        return draw_batch(data, 8, **stats, shape=(3, 5, 7), generator=torch.Generator().manual_seed(2))
+
+    assert torch.equal(drawn(streamed), drawn(held))
+    (train, hold), (train_ref, hold_ref) = (split_holdout(d, fraction=0.3, seed=4) for d in (streamed, held))
+    assert torch.equal(train.labels, train_ref.labels) and torch.equal(hold.in_memory().images, hold_ref.images)
+    assert torch.equal(streamed.subset([7, 2]).images[:], held.subset([7, 2]).images)
+    twice = concat_data(streamed, streamed)
+    assert twice.source == f"{tmp_path} + {tmp_path}" and torch.equal(twice.images[19:21], held.images[[19, 0]])
+
+
+def test_image_folder_of_mixed_sizes_comes_out_at_one_size(tmp_path: Path) -> None:
+    pics = _tree(tmp_path, [(6, 6), (9, 12), (20, 7), (6, 6)])
+    default = load_data(tmp_path)  # the first image's size: images of that size are taken as they are
+    assert default.image_shape == (3, 6, 6)
+    batch = default.images[:]
+    assert batch.shape == (4, 6, 6, 3)
+    assert np.array_equal(batch[0].numpy(), pics[0]) and np.array_equal(batch[3].numpy(), pics[3])
+    assert load_data(tmp_path, image_size=5).images[:].shape == (4, 5, 5, 3)
+    assert load_data(tmp_path, image_size=(4, 8)).image_shape == (3, 4, 8)
+    x, _ = next(iterate_batches(load_data(tmp_path, image_size=5), batch_size=4, mean=(0.0,), std=(1.0,),
+                                device="cpu"))
+    assert x.shape == (4, 3, 5, 5)
+
+
+def test_a_damaged_image_fails_when_drawn_naming_the_file(tmp_path: Path) -> None:
+    _tree(tmp_path, [(6, 6)] * 6)
+    bad = tmp_path / "class1" / "004.png"
+    bad.write_bytes(b"\x89PNG not really")
+    data = load_data(tmp_path, workers=2)  # only the file list is read: loading succeeds
     with pytest.raises(DataError) as excinfo:
-        load_data(tmp_path)
-    _assert_one_line_data_error(excinfo, str(tmp_path / "b" / "3.png"), "4x6")
+        list(iterate_batches(data, batch_size=4, mean=(0.0,), std=(1.0,), device="cpu"))
+    _assert_one_line_data_error(excinfo, str(bad), "cannot read image")
+    with pytest.raises(DataError) as excinfo:
+        data.subset([4]).in_memory()
+    _assert_one_line_data_error(excinfo, str(bad))
+    first = tmp_path / "class0" / "000.png"
+    first.write_bytes(b"")
+    with pytest.raises(DataError) as excinfo:
+        load_data(tmp_path)  # the first image gives the default size
+    _assert_one_line_data_error(excinfo, str(first))
+
+
+def test_streamed_and_in_memory_data_do_not_mix_and_arguments_are_checked(tmp_path: Path) -> None:
+    _tree(tmp_path / "tree", [(4, 4)] * 2)
+    tree = load_data(tmp_path / "tree")
+    with pytest.raises(DataError) as excinfo:
+        concat_data(_indexed_data([0, 1]), tree)
+    _assert_one_line_data_error(excinfo, str(tmp_path / "tree"), "indexed", "held in memory")
+    for options in ({"workers": 0}, {"image_size": 0}, {"image_size": (4, 4, 4)}):
+        with pytest.raises(UsageError):
+            load_data(tmp_path / "tree", **options)
 
 
 # ------------------------------------------------------------------------------------------ digits

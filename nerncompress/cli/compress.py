@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .. import ALLOCATIONS, CodeConfig, enforce_gate, run_compress
+from .. import ALLOCATIONS, DEFAULT_WORKERS, CodeConfig, enforce_gate, run_compress
 from . import output
 from .options import (
     TRAINING,
@@ -20,6 +20,7 @@ from .options import (
     DataSplitOpt,
     DeviceOpt,
     HoldoutSeedOpt,
+    ImageSizeOpt,
     JsonOpt,
     MaxDropOpt,
     MinAgreementOpt,
@@ -28,6 +29,7 @@ from .options import (
     SeedOpt,
     ThreadsOpt,
     TrustPickleOpt,
+    WorkersOpt,
     accuracy_gate,
     examples,
 )
@@ -119,6 +121,8 @@ def compress_command(
     holdout: HoldoutOpt = DEFAULTS.holdout,
     holdout_seed: HoldoutSeedOpt = DEFAULTS.holdout_seed,
     split: DataSplitOpt = "train",
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    image_size: ImageSizeOpt = None,
     arch: ArchOpt = None,
     seed: SeedOpt = DEFAULTS.seed,
     device: DeviceOpt = "auto",
@@ -144,9 +148,9 @@ def compress_command(
         fit_iters=fit_iters,
     )  # fmt: skip
     summary = run_compress(
-        checkpoint, config, output=output_path, arch=arch, data=data, split=split,
-        gate=accuracy_gate(min_agreement, max_drop), device=device, threads=threads, resume=resume,
-        trust_pickle=trust_pickle, reporter=out,
+        checkpoint, config, output=output_path, arch=arch, data=data, split=split, workers=workers,
+        image_size=image_size, gate=accuracy_gate(min_agreement, max_drop), device=device, threads=threads,
+        resume=resume, trust_pickle=trust_pickle, reporter=out,
     )  # fmt: skip
     out.result(summary, render)
     enforce_gate(summary)

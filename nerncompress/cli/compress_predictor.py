@@ -13,6 +13,7 @@ from rich.console import Console
 
 from .. import (
     BITS,
+    DEFAULT_WORKERS,
     PRUNE_METHODS,
     PRUNE_SCHEDULES,
     PRUNE_SCOPES,
@@ -26,6 +27,7 @@ from .options import (
     TRAINING,
     DataSplitOpt,
     DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     NernArg,
     OutputOpt,
@@ -34,6 +36,7 @@ from .options import (
     ThreadsOpt,
     TrustCodeOpt,
     TrustPickleOpt,
+    WorkersOpt,
     examples,
 )
 
@@ -210,6 +213,8 @@ def quantize_command(
     kd_lr: KdLrOpt = None,
     data: KdDataOpt = None,
     split: DataSplitOpt = "train",
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    image_size: ImageSizeOpt = None,
     teacher: KdTeacherOpt = None,
     teacher_arch: TeacherArchOpt = None,
     seed: SeedOpt = QUANTIZE_DEFAULTS.seed,
@@ -233,9 +238,9 @@ def quantize_command(
         rounding_iters=rounding_iters, qat_iters=qat_iters, lr=lr, kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
     )  # fmt: skip
     summary = run_compress_predictor(
-        nern_path, config, output=output_path, original=original, data=data, split=split, teacher=teacher,
-        teacher_arch=teacher_arch, device=device, threads=threads, trust_pickle=trust_pickle, trust_code=trust_code,
-        reporter=out,
+        nern_path, config, output=output_path, original=original, data=data, split=split, workers=workers,
+        image_size=image_size, teacher=teacher, teacher_arch=teacher_arch, device=device, threads=threads,
+        trust_pickle=trust_pickle, trust_code=trust_code, reporter=out,
     )  # fmt: skip
     out.result(summary, render)
 
@@ -254,6 +259,8 @@ def prune_command(
     kd_lr: KdLrOpt = None,
     data: KdDataOpt = None,
     split: DataSplitOpt = "train",
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    image_size: ImageSizeOpt = None,
     teacher: KdTeacherOpt = None,
     teacher_arch: TeacherArchOpt = None,
     seed: SeedOpt = PRUNE_DEFAULTS.seed,
@@ -276,9 +283,9 @@ def prune_command(
         finetune_iters=finetune_iters, reassign_every=reassign_every, lr=lr, kd_iters=kd_iters, kd_lr=kd_lr, seed=seed,
     )  # fmt: skip
     summary = run_compress_predictor(
-        nern_path, config, output=output_path, original=original, data=data, split=split, teacher=teacher,
-        teacher_arch=teacher_arch, device=device, threads=threads, trust_pickle=trust_pickle, trust_code=trust_code,
-        reporter=out,
+        nern_path, config, output=output_path, original=original, data=data, split=split, workers=workers,
+        image_size=image_size, teacher=teacher, teacher_arch=teacher_arch, device=device, threads=threads,
+        trust_pickle=trust_pickle, trust_code=trust_code, reporter=out,
     )  # fmt: skip
     out.result(summary, render)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .. import DEFAULT_EVERY_STEPS, DistillConfig, UsageError, enforce_gate, process_rank, run_distill
+from .. import DEFAULT_EVERY_STEPS, DEFAULT_WORKERS, DistillConfig, UsageError, enforce_gate, process_rank, run_distill
 from . import output
 from .options import (
     TRAINING,
@@ -17,6 +17,7 @@ from .options import (
     DataSplitOpt,
     DeviceOpt,
     HoldoutSeedOpt,
+    ImageSizeOpt,
     ItersOpt,
     JsonOpt,
     LrOpt,
@@ -30,6 +31,7 @@ from .options import (
     ThreadsOpt,
     TrustCodeOpt,
     TrustPickleOpt,
+    WorkersOpt,
     accuracy_gate,
     examples,
 )
@@ -149,6 +151,8 @@ def distill_command(
     teacher: TeacherOpt = None,
     data: DataOpt = None,
     split: DataSplitOpt = "train",
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    image_size: ImageSizeOpt = None,
     teacher_arch: TeacherArchOpt = None,
     iters: ItersOpt = DEFAULTS.iters,
     lr: LrOpt = DEFAULTS.lr,
@@ -200,9 +204,9 @@ def distill_command(
         holdout=holdout, holdout_seed=holdout_seed, eval_every=eval_every, ema_decay=ema, seed=seed,
     )  # fmt: skip
     summary = run_distill(
-        nern_path, teacher=teacher, data=data, config=config, output=output_path, split=split,
-        teacher_arch=teacher_arch, gate=accuracy_gate(min_agreement, max_drop), device=device, threads=threads,
-        nproc=nproc, resume=resume, checkpoint_every=checkpoint_every, trust_pickle=trust_pickle,
+        nern_path, teacher=teacher, data=data, config=config, output=output_path, split=split, workers=workers,
+        image_size=image_size, teacher_arch=teacher_arch, gate=accuracy_gate(min_agreement, max_drop), device=device,
+        threads=threads, nproc=nproc, resume=resume, checkpoint_every=checkpoint_every, trust_pickle=trust_pickle,
         trust_code=trust_code, reporter=out,
     )  # fmt: skip
     out.result(summary, render)

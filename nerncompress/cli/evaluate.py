@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .. import enforce_gate, run_eval
+from .. import DEFAULT_WORKERS, enforce_gate, run_eval
 from . import output
 from .options import (
     ArchOpt,
@@ -19,7 +19,9 @@ from .options import (
     MinAgreementOpt,
     ModelArg,
     RunDeviceOpt,
+    RunImageSizeOpt,
     RunThreadsOpt,
+    RunWorkersOpt,
     TrustCodeOpt,
     TrustPickleOpt,
     accuracy_gate,
@@ -57,6 +59,8 @@ def eval_command(
     model_path: ModelArg,
     data: DataOpt,
     split: SplitOpt = "test",
+    workers: RunWorkersOpt = DEFAULT_WORKERS,
+    image_size: RunImageSizeOpt = None,
     arch: ArchOpt = None,
     preset: PresetOpt = None,
     compare: CompareOpt = None,
@@ -77,9 +81,9 @@ def eval_command(
     """
     out = output.Output(json_output)
     summary = run_eval(
-        model_path, data, split=split, arch=arch, preset=preset, compare=compare,
-        gate=accuracy_gate(min_agreement, max_drop), device=device, batch_size=batch_size, threads=threads,
-        trust_pickle=trust_pickle, trust_code=trust_code, reporter=out,
+        model_path, data, split=split, workers=workers, image_size=image_size, arch=arch, preset=preset,
+        compare=compare, gate=accuracy_gate(min_agreement, max_drop), device=device, batch_size=batch_size,
+        threads=threads, trust_pickle=trust_pickle, trust_code=trust_code, reporter=out,
     )  # fmt: skip
     out.result(summary, render)
     enforce_gate(summary)

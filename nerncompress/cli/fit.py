@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .. import DEFAULT_EVERY_STEPS, PERMUTATIONS, SCHEMES, FitConfig, run_fit
+from .. import DEFAULT_EVERY_STEPS, DEFAULT_WORKERS, PERMUTATIONS, SCHEMES, FitConfig, run_fit
 from . import output
 from .options import (
     PREDICTOR,
@@ -20,6 +20,7 @@ from .options import (
     DataSplitOpt,
     DeviceOpt,
     HiddenOpt,
+    ImageSizeOpt,
     ItersOpt,
     JsonOpt,
     LrOpt,
@@ -28,6 +29,7 @@ from .options import (
     SeedOpt,
     ThreadsOpt,
     TrustPickleOpt,
+    WorkersOpt,
     examples,
 )
 
@@ -119,6 +121,8 @@ def fit_command(
     fmd_weight: FmdWeightOpt = DEFAULTS.fmd_weight,
     data: DataOpt = None,
     split: DataSplitOpt = "train",
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    image_size: ImageSizeOpt = None,
     seed: SeedOpt = DEFAULTS.seed,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -141,8 +145,9 @@ def fit_command(
         seed=seed,
     )  # fmt: skip
     summary = run_fit(
-        checkpoint, config, output=output_path, arch=arch, data=data, split=split, device=device, threads=threads,
-        resume=resume, checkpoint_every=checkpoint_every, trust_pickle=trust_pickle, reporter=out,
+        checkpoint, config, output=output_path, arch=arch, data=data, split=split, workers=workers,
+        image_size=image_size, device=device, threads=threads, resume=resume, checkpoint_every=checkpoint_every,
+        trust_pickle=trust_pickle, reporter=out,
     )  # fmt: skip
     out.result(summary, render)
 

@@ -43,6 +43,25 @@ def _device_option(panel: str | None) -> typer.models.OptionInfo:
     )
 
 
+def _workers_option(panel: str | None) -> typer.models.OptionInfo:
+    return typer.Option(
+        "--workers", min=1, metavar="N",
+        help="Threads that decode the images of an ImageFolder tree, which is read from its files batch by batch. "
+        "Default: min(8, CPU cores).",
+        rich_help_panel=panel,
+    )  # fmt: skip
+
+
+def _image_size_option(panel: str | None) -> typer.models.OptionInfo:
+    return typer.Option(
+        "--image-size", min=1, metavar="S",
+        help="Bring every image of an ImageFolder tree to SxS: other sizes are resized (shorter side S/0.875) and "
+        "center-cropped, as torchvision evaluates ImageNet. Default: the first image's size (give S for a tree of "
+        "mixed sizes).",
+        rich_help_panel=panel,
+    )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------- common
 DeviceOpt = Annotated[str, _device_option(TRAINING)]
 RunDeviceOpt = Annotated[str, _device_option(None)]
@@ -97,6 +116,10 @@ DataSplitOpt = Annotated[
         "--split", help="Split of each --data: train or test (CIFAR folders, digits).", rich_help_panel=TRAINING
     ),
 ]
+WorkersOpt = Annotated[int, _workers_option(TRAINING)]
+RunWorkersOpt = Annotated[int, _workers_option(None)]
+ImageSizeOpt = Annotated[int | None, _image_size_option(TRAINING)]
+RunImageSizeOpt = Annotated[int | None, _image_size_option(None)]
 TeacherArchOpt = Annotated[
     str | None,
     typer.Option(

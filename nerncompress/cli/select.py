@@ -11,18 +11,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .. import DistillConfig, run_select
+from .. import DEFAULT_WORKERS, DistillConfig, run_select
 from . import output
 from .options import (
     ArchOpt,
     DataSplitOpt,
     HoldoutSeedOpt,
     ImageBatchOpt,
+    ImageSizeOpt,
     JsonOpt,
     RunDeviceOpt,
     RunThreadsOpt,
     TrustCodeOpt,
     TrustPickleOpt,
+    WorkersOpt,
     examples,
 )
 
@@ -62,6 +64,8 @@ def select_command(
     holdout: HoldoutOpt = DistillConfig.holdout,
     holdout_seed: HoldoutSeedOpt = DistillConfig.holdout_seed,
     split: DataSplitOpt = "train",
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    image_size: ImageSizeOpt = None,
     arch: ArchOpt = None,
     device: RunDeviceOpt = "auto",
     batch_size: ImageBatchOpt = 500,
@@ -78,8 +82,8 @@ def select_command(
     out = output.Output(json_output)
     summary = run_select(
         candidates, reference=reference, data=data, output=output_path, holdout=holdout, holdout_seed=holdout_seed,
-        split=split, arch=arch, device=device, batch_size=batch_size, threads=threads, trust_pickle=trust_pickle,
-        trust_code=trust_code, reporter=out,
+        split=split, workers=workers, image_size=image_size, arch=arch, device=device, batch_size=batch_size,
+        threads=threads, trust_pickle=trust_pickle, trust_code=trust_code, reporter=out,
     )  # fmt: skip
     out.result(summary, render)
 

@@ -200,7 +200,7 @@ class _Coding:
             return
         self.data, held = split_holdout(data, fraction=config.holdout, seed=config.holdout_seed)
         mean, std = preset_stats(spec.preset)
-        held_x = to_float(held.images, mean=mean, std=std)
+        held_x = to_float(held.in_memory().images, mean=mean, std=std)  # scored at every stage: decoded once
         self.holdout = Holdout(held_x, held.labels, predictions(self.teacher, held_x))
         if config.allocation == "sensitivity":
             with reporter.phase("sensitivity", total=None):

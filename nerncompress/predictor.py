@@ -103,7 +103,10 @@ class Predictor(nn.Module):
         split = first.shape[1]
         from_first = nn.functional.linear(first, linear.weight[:, :split], linear.bias)
         from_second = nn.functional.linear(second, linear.weight[:, split:])
-        return self.body[1:](from_first[first_rows] + from_second[second_rows])
+        features = from_first[first_rows].add_(from_second[second_rows])
+        for module in self.body[1:]:  # ReLUs in place: on millions of kernels the copies cost a sixth of the time
+            features = features.relu_() if isinstance(module, nn.ReLU) else module(features)
+        return features
 
     def head(self, features: Tensor, kernel_size: int) -> Tensor:
         """Kernels of one size from hidden features: float32 (N, k*k)."""

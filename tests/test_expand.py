@@ -89,3 +89,23 @@ def test_regeneration_without_grad_matches_the_differentiable_path(fitted):
     with torch.no_grad():
         separable = fitted.regenerate_layer(entry)
     torch.testing.assert_close(separable, differentiable, rtol=1e-5, atol=1e-6)
+
+
+def test_shapes_of_a_torchvision_arch_are_checked_from_the_index_alone(monkeypatch):
+    import dataclasses
+
+    import torchvision
+
+    from nerncompress import nern as nern_module
+    from nerncompress.coding import code_checkpoint
+    from nerncompress.errors import ArtifactError
+
+    state_dict = torchvision.models.squeezenet1_1(num_classes=10).state_dict()
+    coded, _ = code_checkpoint(state_dict, arch="torchvision:squeezenet1_1", device="cpu")
+    monkeypatch.setattr(nern_module, "get_arch", lambda *a, **k: pytest.fail("built the model to check shapes"))
+    nern_module.check_shapes(coded)
+    monkeypatch.undo()
+    key = next(iter(coded.raw))
+    broken = dataclasses.replace(coded, raw={**coded.raw, key: torch.zeros(3, *coded.raw[key].shape)})
+    with pytest.raises(ArtifactError, match=key):
+        nern_module.check_shapes(broken)

@@ -553,3 +553,14 @@ def test_torchvision_expand_to_onnx_matches_pytorch(name: str, fitted) -> None:
     logits = session.run(None, {session.get_inputs()[0].name: np.zeros((3, *shape), dtype=np.float32)})[0]
     assert logits.shape == (3, 10) and np.isfinite(logits).all()
     onnx_file.unlink()
+
+
+def test_torchvision_spec_of_shapes_reads_the_index_alone() -> None:
+    shapes = {key: tuple(value.shape) for key, value in _meta_state_dict("resnet18", num_classes=10).items()}
+    spec = tv_models.torchvision_spec_of_shapes("resnet18", shapes)
+    assert spec == ArchSpec("torchvision:resnet18", {"num_classes": 10}, "imagenet", (3, 224, 224))
+    assert tv_models.torchvision_spec_of_shapes("resnet34", shapes) is None
+    wrong = {**shapes, "layer1.0.conv1.weight": (64, 64, 3, 2)}
+    assert tv_models.torchvision_spec_of_shapes("resnet18", wrong) is None
+    missing = {key: shape for key, shape in shapes.items() if key != "layer1.0.bn1.bias"}
+    assert tv_models.torchvision_spec_of_shapes("resnet18", missing) is None

@@ -57,7 +57,6 @@ from .registry import (
     build_on_meta,
     build_torchvision,
     register_family,
-    shapes_match,
 )
 
 __all__ = ["build_index", "detect_torchvision", "detectable_models", "fit_torchvision", "write_index"]
@@ -247,51 +246,60 @@ def _reference_shapes(name: str, kwargs_json: str) -> Shapes:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
-def _num_classes(config: Config, state_dict: Mapping[str, Tensor]) -> int | None:
+def _num_classes(config: Config, shapes: Shapes) -> int | None:
     counts = set()
     for key, dim in config.head:
-        shape = tuple(state_dict[key].shape)
+        shape = shapes[key]
         if dim >= len(shape):
             return None
         counts.add(int(shape[dim]))
     return counts.pop() if len(counts) == 1 and min(counts) >= 1 else None
 
 
-def _read_kwargs(config: Config, state_dict: Mapping[str, Tensor]) -> dict[str, Any] | None:
+def _read_kwargs(config: Config, shapes: Shapes) -> dict[str, Any] | None:
     """Kwargs read off open dimensions (a ViT's image_size), beyond the defaults; None when they cannot be."""
     if not config.name.startswith("vit_"):
         return {}
-    positions = int(state_dict[_VIT_POSITIONS].shape[1]) - 1  # the class token comes first
-    patch = int(state_dict["conv_proj.weight"].shape[-1])
+    positions = int(shapes[_VIT_POSITIONS][1]) - 1  # the class token comes first
+    patch = int(shapes["conv_proj.weight"][-1])
     side = math.isqrt(max(positions, 0))
     if side * side != positions or side == 0:
         return None
     return {} if side * patch == config.input_size else {"image_size": side * patch}
 
 
-def _fit_config(config: Config, state_dict: Mapping[str, Tensor], keys: list[str]) -> ArchSpec | None:
-    num_classes = _num_classes(config, state_dict)
-    read = _read_kwargs(config, state_dict)
+def _fit_config(config: Config, shapes: Shapes, keys: list[str]) -> ArchSpec | None:
+    num_classes = _num_classes(config, shapes)
+    read = _read_kwargs(config, shapes)
     if num_classes is None or read is None:
         return None
-    shapes = {key: tuple(state_dict[key].shape) for key in keys}
     if _shape_digest(keys, shapes, {**_open_dims(config.name), **dict(config.head)}) != config.shapes:
         return None
     kwargs = {"num_classes": num_classes, **config.kwargs, **read}
     if read:  # a kwarg read off a shape: check that the model built with it has exactly these shapes
         reference = _reference_shapes(config.name, json.dumps(kwargs, sort_keys=True))
-        if not shapes_match(state_dict, reference):
+        if not _same_shapes(shapes, reference):
             return None
     size = int(read.get("image_size", config.input_size))
     return ArchSpec(TORCHVISION_PREFIX + config.name, kwargs, preset="imagenet", input_shape=(3, size, size))
 
 
-def _candidates(state_dict: Mapping[str, Tensor]) -> tuple[list[str], list[Config]]:
-    keys, counters = _split_keys(state_dict)
+def _same_shapes(shapes: Shapes, reference: Shapes) -> bool:
+    """``shapes_match`` on shapes: the same keys and shapes, ``num_batches_tracked`` keys possibly absent."""
+    wanted = {key for key in reference if not key.endswith(_BN_COUNTER) or key in shapes}
+    return set(shapes) == wanted and all(tuple(shapes[key]) == tuple(reference[key]) for key in wanted)
+
+
+def _candidates(shapes: Shapes) -> tuple[list[str], list[Config]]:
+    keys, counters = _split_keys(shapes)
     configs = _by_keys().get(_digest(keys), ())
     if counters:  # checkpoints may lack every num_batches_tracked, but not have foreign ones
         configs = tuple(config for config in configs if config.counters == _digest(counters))
     return keys, list(configs)
+
+
+def _shapes_of(state_dict: Mapping[str, Tensor]) -> Shapes:
+    return {key: tuple(value.shape) for key, value in state_dict.items()}
 
 
 def detect_torchvision(state_dict: Mapping[str, Tensor]) -> list[ArchSpec]:
@@ -303,15 +311,22 @@ def detect_torchvision(state_dict: Mapping[str, Tensor]) -> list[ArchSpec]:
     Returns:
         The specs, usually none or one; several only for look-alike configurations.
     """
-    keys, configs = _candidates(state_dict)
-    found = (_fit_config(config, state_dict, keys) for config in configs)
+    shapes = _shapes_of(state_dict)
+    keys, configs = _candidates(shapes)
+    found = (_fit_config(config, shapes, keys) for config in configs)
     return [spec for spec in found if spec is not None]
 
 
 def fit_torchvision(name: str, state_dict: Mapping[str, Tensor]) -> ArchSpec | None:
     """The spec of torchvision model ``name`` that ``state_dict`` fits exactly (kwargs read off it), or None."""
-    keys, configs = _candidates(state_dict)
-    found = (_fit_config(config, state_dict, keys) for config in configs if config.name == name)
+    return torchvision_spec_of_shapes(name, _shapes_of(state_dict))
+
+
+def torchvision_spec_of_shapes(name: str, shapes: Shapes) -> ArchSpec | None:
+    """The spec of torchvision model ``name`` whose state_dict has exactly these keys and shapes, or None; read off
+    the index of digests, so torchvision is imported only when a shape decides a kwarg (a ViT's image size)."""
+    keys, configs = _candidates(shapes)
+    found = (_fit_config(config, shapes, keys) for config in configs if config.name == name)
     return next((spec for spec in found if spec is not None), None)
 
 

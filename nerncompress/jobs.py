@@ -234,6 +234,7 @@ def run_fit(
             nern = fit(
                 state_dict, config, arch=spec, device=device, on_step=phase("fit", config.iters * config.rounds),
                 source=source, data=dataset, checkpointer=checkpointer, on_positions=phase("positions"),
+                on_measure=phase("reconstruction error"),
             )  # fmt: skip
         threads_used = torch.get_num_threads()
     seconds = time.perf_counter() - started

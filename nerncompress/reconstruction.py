@@ -93,8 +93,10 @@ def kernel_groups(
     return groups
 
 
-def reconstruction_error(nern: Nern, weights: dict[str, Tensor]) -> dict[str, float]:
-    """RMSE of the regenerated kernels against ``weights``.
+def reconstruction_error(
+    nern: Nern, weights: dict[str, Tensor], *, on_layer: Callable[[int, int], None] | None = None
+) -> dict[str, float]:
+    """RMSE of the regenerated kernels against ``weights``; ``on_layer(layers done, layers)`` after each layer.
 
     Returns:
         ``rmse``: in weight units over all represented weights; ``relative_rmse``: rmse / std of those weights;
@@ -114,6 +116,8 @@ def reconstruction_error(nern: Nern, weights: dict[str, Tensor]) -> dict[str, fl
             squared_normalised += float(((regenerated - original) / safe).pow(2).sum())
             total += original.numel()
             originals.append(original.flatten())
+            if on_layer is not None:
+                on_layer(len(originals), len(nern.layers))
     rmse = math.sqrt(squared / total)
     std = float(torch.cat(originals).std())
     return {"rmse": rmse, "relative_rmse": rmse / std, "normalised_rmse": math.sqrt(squared_normalised / total)}

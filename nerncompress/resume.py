@@ -471,3 +471,7 @@ class Checkpointer:
 
         with route_stop_signals(on_signal):
             yield self
+        if self.stop_requested:  # it came after the last step's check: stop before the output is written
+            saved = "--resume continues from the last save" if self.path.exists() else "nothing was saved"
+            raise Interrupted(f"interrupted by {self.stop_requested} after the last step, before the output was "
+                              f"written: {saved}")  # fmt: skip

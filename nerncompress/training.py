@@ -180,6 +180,7 @@ def init_nern(
     source: dict | None = None,
     positions: dict[str, Tensor] | None = None,
     on_positions: StepCallback | None = None,
+    on_measure: StepCallback | None = None,
 ) -> Nern:
     """Build an untrained Nern for a checkpoint: architecture, layer plan, permutations, scales, raw tensors.
 
@@ -226,6 +227,7 @@ def fit(
     data: ImageData | None = None,
     checkpointer: Checkpointer | None = None,
     on_positions: StepCallback | None = None,
+    on_measure: StepCallback | None = None,
 ) -> Nern:
     """Fit a predictor that regenerates every represented conv kernel of ``state_dict``.
 
@@ -247,6 +249,8 @@ def fit(
             snapshot; a signal while they are computed stops the run there (``Interrupted``, nothing saved yet).
         on_positions: called as ``on_positions(kernels placed, kernels, {})`` while the positions are computed
             (before the first step; not on a resumed run).
+        on_measure: called as ``on_measure(layers, layers in all, {})`` while each round's reconstruction error is
+            measured (after its last step); a signal then stops the run before that round's record.
 
     Returns:
         The fitted Nern; its history holds one ``fit`` record per round.
@@ -270,6 +274,13 @@ def fit(
                 f"interrupted by {checkpointer.stop_requested} while computing positions ({placed}/{total} kernels): "
                 "nothing saved yet; run the same command again to start afresh"
             )
+
+    def measure_progress(measured: int, total: int) -> None:
+        if on_measure is not None:
+            on_measure(measured, total, {})
+        if checkpointer is not None and checkpointer.stop_requested:
+            raise Interrupted(f"interrupted by {checkpointer.stop_requested} after the last step, while measuring the "
+                              "reconstruction error: nothing written; run the same command again")  # fmt: skip
 
     # A resumed run's positions are the snapshot's (the round's start, which fixes every later step).
     restored = saved.round_start_positions if saved is not None else None
@@ -316,7 +327,7 @@ def fit(
                 "bf16": use_bf16(config.precision, torch_device),
                 "steps": config.iters,
                 **metrics,
-                **{k: round(v, 6) for k, v in reconstruction_error(nern, state_dict).items()},
+                **{k: round(v, 6) for k, v in reconstruction_error(nern, state_dict, on_layer=measure_progress).items()},
             }
         )
     return nern

@@ -144,6 +144,22 @@ def test_signal_while_computing_positions_stops_before_the_next_layer(ws, tmp_pa
     assert not output.exists() and not resume_path(output).exists()
 
 
+def test_signal_after_the_last_step_stops_before_the_output_is_written(ws, tmp_path, monkeypatch):
+    original = training.reconstruction_error
+
+    def reconstruction_error(*args, **kwargs):  # runs after the last step's check
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "reconstruction_error", reconstruction_error)
+    output = tmp_path / "x.nern"
+    stopped = invoke("fit", ws["checkpoint"], *FIT, "--iters", "4", "-o", output)
+    assert stopped.exit_code == 130
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: interrupted by SIGINT after the last step, while measuring"), last
+    assert not output.exists()
+
+
 def test_distill_with_best_so_far_resumes_to_the_same_bytes(ws, tmp_path, monkeypatch):
     argv = ["distill", ws["nern"], "--teacher", ws["checkpoint"], "--data", ws["data"], *DISTILL, "--mix", "none"]
     reference = invoke(*argv, "-o", tmp_path / "reference.nern", "--json")

@@ -19,7 +19,7 @@ from ..codes import QuantizedTensor
 from ..data import ImageData, preset_stats, split_holdout, to_float
 from ..devices import resolve_device
 from ..embeddings import EmbeddingConfig
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..gate import AccuracyGate
 from ..hybrid import Choice, choose, offer_predictor, restore_offer, with_predictor
 from ..models import ArchSpec, build_model, resolve_arch
@@ -80,6 +80,9 @@ class Stages:
 
         with route_stop_signals(on_signal):
             yield self
+        if self.signal:  # it came after the last fine-tuning step's check: stop before the output is written
+            saved = "--resume continues from the last stage" if Path(self.path).exists() else "nothing was saved"
+            raise Interrupted(f"interrupted by {self.signal} after the search, before the output was written: {saved}")
 
 
 

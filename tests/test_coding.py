@@ -245,3 +245,27 @@ def test_an_interrupted_search_resumes_to_the_same_file(tmp_path, state_dict, im
     assert (tmp_path / "whole.nern").read_bytes() == (tmp_path / "resumed.nern").read_bytes()
     with pytest.raises(UsageError, match="different"):
         Stages(tmp_path / "x.resume", {"test": 2}, resume=True).load()
+
+
+def test_a_stage_that_misses_is_repeated_once_at_its_step(state_dict, images, monkeypatch):
+    from nerncompress.coding import search
+
+    # Fine-tuning stages alternate between missing and passing: a miss is followed by a stage at the same step,
+    # and two misses in a row at one step end the search.
+    verdicts = iter([False, True, False, False, True, True])
+    real = search._Coding.candidate
+
+    def judged(self, coarseness, state, finetuned=0):
+        found = real(self, coarseness, state, finetuned)
+        if finetuned:
+            found.agreement = 100.0 if next(verdicts) else 0.0
+        return found
+
+    monkeypatch.setattr(search._Coding, "candidate", judged)
+    config = CodeConfig(**{**FAST, "stages": 6, "stage_iters": 2})
+    _, record = code_checkpoint(state_dict, config, arch=SPEC, data=images, target=AccuracyGate(min_agreement=50.0),
+                                device="cpu")  # fmt: skip
+    tuned = [c for c in record["candidates"] if c["finetuned_steps"]]
+    steps = [c["coarseness"] for c in tuned]
+    assert len(tuned) == 4  # miss, pass (same step), miss, miss (same step): over
+    assert steps[0] == steps[1] and steps[2] == steps[3] and steps[2] > steps[1]

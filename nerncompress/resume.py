@@ -308,6 +308,14 @@ def route_stop_signals(on_signal: Callable[[str], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def stop_if_signalled(name: str | None, resume_file: PathLike, *, after: str) -> None:
+    """Raise ``Interrupted`` for a signal ``name`` that arrived after a loop's last check (``after``: when), so that
+    the run stops before its output is written; the message says whether ``resume_file`` holds something to resume."""
+    if name:
+        saved = "--resume continues from the last save" if Path(resume_file).exists() else "nothing was saved"
+        raise Interrupted(f"interrupted by {name} {after}, before the output was written: {saved}")
+
+
 class Checkpointer:
     """Saves a training run's progress to ``path`` and, with ``resume=True``, continues a saved run.
 
@@ -471,7 +479,4 @@ class Checkpointer:
 
         with route_stop_signals(on_signal):
             yield self
-        if self.stop_requested:  # it came after the last step's check: stop before the output is written
-            saved = "--resume continues from the last save" if self.path.exists() else "nothing was saved"
-            raise Interrupted(f"interrupted by {self.stop_requested} after the last step, before the output was "
-                              f"written: {saved}")  # fmt: skip
+        stop_if_signalled(self.stop_requested, self.path, after="after the last step")

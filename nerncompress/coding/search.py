@@ -20,13 +20,18 @@ from ..codes import QuantizedTensor
 from ..data import ImageData, preset_stats, split_holdout, to_float
 from ..devices import resolve_device
 from ..embeddings import EmbeddingConfig
-from ..errors import Interrupted, UsageError
+from ..errors import UsageError
 from ..gate import AccuracyGate
 from ..hybrid import Choice, choose, offer_predictor, restore_offer, with_predictor
 from ..models import ArchSpec, build_model, resolve_arch
 from ..nern import Nern
 from ..progress import Reporter, silent
-from ..resume import read_stage_snapshot, route_stop_signals, write_stage_snapshot
+from ..resume import (
+    read_stage_snapshot,
+    route_stop_signals,
+    stop_if_signalled,
+    write_stage_snapshot,
+)
 from ..safetensors_io import safetensors_header
 from .config import DEFAULT_STEP, CodeConfig
 from .finetune import Holdout, finetune, predictions
@@ -81,9 +86,7 @@ class Stages:
 
         with route_stop_signals(on_signal):
             yield self
-        if self.signal:  # it came after the last fine-tuning step's check: stop before the output is written
-            saved = "--resume continues from the last stage" if Path(self.path).exists() else "nothing was saved"
-            raise Interrupted(f"interrupted by {self.signal} after the search, before the output was written: {saved}")
+        stop_if_signalled(self.signal, self.path, after="after the search")
 
 
 
